@@ -1,0 +1,653 @@
+"""``ARSM_ELBO``: the ARSM gradient estimator as a drop-in :class:`pyro.infer.ELBO`.
+
+This module is glue: tracing, replay and re-sampling, plate bookkeeping and the surrogate loss.
+The estimator arithmetic lives in :mod:`pyro_arsm.estimators`.
+"""
+
+import warnings
+from collections import namedtuple
+
+import torch
+from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
+
+import pyro
+import pyro.poutine as poutine
+from pyro.distributions.score_parts import ScoreParts
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.distributions.util import is_identically_zero
+from pyro.infer.elbo import ELBO
+from pyro.infer.tracegraph_elbo import TrackNonReparam, _compute_elbo
+from pyro.infer.util import MultiFrameTensor, torch_backward, torch_item
+from pyro.ops.provenance import detach_provenance, get_provenance
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+
+from pyro_arsm import estimators as est
+
+__all__ = ["ARSM_ELBO"]
+
+_PSEUDO_PLATE = "_arsm_pseudo_actions"
+_ESTIMATORS = ("arsm", "ars", "ar")
+
+# What the sampler learns about one ARSM site of the guide.
+#   kind: "categorical" | "onehot" | "bernoulli"
+#   noise: log pi [*elements, C] (categorical, one-hot) or u [*elements] (Bernoulli)
+#   logits: detached logits broadcast to [*elements, C] or [*elements]
+#   rng_state: torch RNG state right after the noise was drawn (for common random numbers)
+_SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits", "rng_state"])
+
+# One particle: the (possibly particle-vectorized) model and guide, their traces and ARSM noise.
+_Particle = namedtuple(
+    "_Particle",
+    ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
+     "noise", "max_plate_nesting"],
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Site inspection
+# ---------------------------------------------------------------------------------------------
+
+
+def _arsm_kind(fn):
+    """Return ``(kind, base_distribution)`` for an ARSM-capable distribution, else ``(None, None)``.
+
+    Unwraps ``.to_event`` (Independent), ``.mask`` (MaskedDistribution; the mask reaches the
+    estimator through the masked log-probabilities in the cost) and ``.expand``.
+    """
+    if getattr(fn, "has_rsample", False):
+        return None, None
+    base = fn
+    while isinstance(base, (Independent, MaskedDistribution, ExpandedDistribution)):
+        base = base.base_dist
+    if getattr(base, "has_rsample", False):
+        return None, None
+    if isinstance(base, OneHotCategorical):
+        return "onehot", base
+    if isinstance(base, Categorical):
+        return "categorical", base
+    if isinstance(base, Bernoulli):
+        return "bernoulli", base
+    return None, None
+
+
+def _element_shape(kind, fn):
+    """Shape of the site's scalar random variables (batch and event, without the one-hot dim)."""
+    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    return shape[:-1] if kind == "onehot" else shape
+
+
+def _site_logits(kind, base, element_shape):
+    """The site's logits (differentiable) broadcast to ``[*elements, C]`` or ``[*elements]``."""
+    logits = detach_provenance(base.logits)
+    if kind == "bernoulli":
+        return logits.expand(element_shape)
+    return logits.expand(element_shape + logits.shape[-1:])
+
+
+def _value_from_action(kind, action, num_categories, dtype):
+    """Pyro's value for an action: the index (Categorical), one-hot, or 0./1. (Bernoulli)."""
+    if kind == "onehot":
+        return torch.nn.functional.one_hot(action, num_categories).to(dtype)
+    return action
+
+
+def _guess_nesting(*traces):
+    """Number of batch dims used by any sample site: plate dims and undeclared batch dims."""
+    nesting = 0
+    for trace in traces:
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    nesting = max(nesting, -frame.dim)
+            batch_shape = getattr(site["fn"], "batch_shape", ())
+            nesting = max(nesting, len(batch_shape))
+    return nesting
+
+
+# ---------------------------------------------------------------------------------------------
+# Messengers
+# ---------------------------------------------------------------------------------------------
+
+
+class _ARSMSampler(Messenger):
+    """Samples the guide's categorical / one-hot / Bernoulli sites from their ARSM augmentation.
+
+    A categorical site gets ``pi ~ Dir(1_C)`` and the value ``argmin(log pi - logits)``
+    (Yin et al. 2019, the augmentation); a Bernoulli site gets ``u ~ U(0, 1)`` and
+    ``1[u < sigmoid(logits)]``. The noise is kept in ``self.noise``.
+
+    With ``reuse``, sites already in ``reuse`` are drawn from that noise instead (broadcast over
+    any new batch dims): in a pseudo pass this gives downstream discrete sites common random
+    numbers with the real pass.
+    """
+
+    def __init__(self, reuse=None, record_rng=False):
+        super().__init__()
+        self.noise = {}
+        self.reuse = reuse or {}
+        self.record_rng = record_rng
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["done"] or msg["value"] is not None:
+            return
+        if isinstance(msg["fn"], _Subsample):
+            return
+        name = msg["name"]
+        if msg["infer"].get("enumerate"):
+            raise ValueError(
+                f"ARSM_ELBO: guide site '{name}' is marked for enumeration "
+                f"(infer={{'enumerate': {msg['infer']['enumerate']!r}}}). ARSM samples guide "
+                "sites; remove config_enumerate from the guide, or use TraceEnum_ELBO to "
+                "enumerate it exactly."
+            )
+        kind, base = _arsm_kind(msg["fn"])
+        if kind is None:
+            return
+        element_shape = _element_shape(kind, msg["fn"])
+        logits = _site_logits(kind, base, element_shape).detach()
+        if not torch.isfinite(logits).all():
+            bad = "NaN" if torch.isnan(logits).any() else "infinite"
+            raise ValueError(
+                f"ARSM_ELBO: guide site '{name}' has {bad} logits. ARSM needs finite logits: "
+                "check the network or parameters producing them (NaN usually means a diverged "
+                "optimizer), and use a large negative finite logit rather than -inf to make a "
+                "category nearly impossible."
+            )
+        if name in self.reuse:
+            kind, noise = self.reuse[name].kind, self.reuse[name].noise
+            noise = noise.expand(logits.shape)
+        elif kind == "bernoulli":
+            noise = est.sample_uniform(element_shape, dtype=logits.dtype, device=logits.device)
+        else:
+            noise = est.sample_log_pi(element_shape, logits.shape[-1], dtype=logits.dtype,
+                                      device=logits.device)
+        if kind == "bernoulli":
+            value = est.bernoulli_pair(noise, logits)[0]
+        else:
+            action = est.categorical_from_log_pi(noise, logits)
+            value = _value_from_action(kind, action, logits.shape[-1], logits.dtype)
+        msg["value"] = value.reshape(tuple(msg["fn"].batch_shape) + tuple(msg["fn"].event_shape))
+        msg["done"] = True
+        rng_state = torch.get_rng_state() if self.record_rng else None
+        self.noise[name] = _SiteNoise(kind, noise, logits, rng_state)
+
+
+class _RestoreRNGAfter(Messenger):
+    """Sets the torch RNG state right after a given site, so that the sites downstream of it see
+    the random numbers they saw in the real pass (common random numbers, sequential path)."""
+
+    def __init__(self, name, rng_state):
+        super().__init__()
+        self.name = name
+        self.rng_state = rng_state
+
+    def _pyro_post_sample(self, msg):
+        if msg["name"] == self.name and self.rng_state is not None:
+            torch.set_rng_state(self.rng_state)
+
+
+def _with_pseudo_plate(fn, size, dim):
+    def wrapped(*args, **kwargs):
+        with pyro.plate(_PSEUDO_PLATE, size, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+# ---------------------------------------------------------------------------------------------
+# The ELBO
+# ---------------------------------------------------------------------------------------------
+
+
+class ARSM_ELBO(ELBO):
+    r"""ELBO whose gradient uses the ARSM estimator for discrete guide sites.
+
+    A drop-in replacement for :class:`~pyro.infer.TraceGraph_ELBO`::
+
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=ARSM_ELBO())
+
+    Each sample site of the guide gets the gradient estimator its distribution allows:
+
+    * ``Categorical`` / ``OneHotCategorical`` (logits or probs, any batch shape, inside plates,
+      with ``.to_event``, ``.mask``): **ARSM** [1] on the logits. The site is sampled by
+      Dirichlet augmentation; the same swap ``(m, j)`` is applied to all elements of the site, so
+      a step costs at most ``C(C-1)/2 + 1`` evaluations of model and guide per site, whatever the
+      batch. Pseudo actions identical for the whole site are evaluated once.
+    * ``Bernoulli``: **DisARM** [2] (``estimator="ar"``: the single-evaluation AR estimator).
+    * other non-reparameterizable sites (Poisson, Geometric, ...): the score-function estimator of
+      :class:`~pyro.infer.TraceGraph_ELBO` with its provenance-based Rao-Blackwellization and
+      ``infer={"baseline": ...}`` options. A warning names such sites once.
+    * reparameterizable sites: pathwise gradients.
+
+    The cost ``f`` of an ARSM site holds only the model and guide log-probabilities that depend on
+    the site (provenance tracking, as in TraceGraph_ELBO), with their scale and mask, reduced to
+    the site's plates, so each element of a plated site is scored by its own terms
+    (Rao-Blackwellization). Guide sites upstream of, or independent of, the site are replayed;
+    guide sites **downstream** of it are re-sampled at each pseudo action, using the real pass's
+    noise for discrete sites (and, on the sequential path, the real pass's torch RNG stream for
+    the others). Subsample indices are replayed, so the estimate is unbiased for the gradient of
+    the full-data ELBO under ``subsample_size`` and ``poutine.scale``.
+
+    By default all pseudo actions of a site are evaluated in one batched pass of guide and model
+    under an extra :class:`~pyro.plate` left of ``max_plate_nesting``; this requires model and
+    guide to broadcast on the left, as for ``vectorize_particles`` or parallel enumeration.
+    ``vectorize_pseudo=False`` evaluates them one by one instead.
+
+    The reported loss is the usual single-sample ``-ELBO`` (averaged over particles).
+
+    :param int num_particles: number of particles (independent estimates averaged).
+    :param int max_plate_nesting: bound on the number of nested :class:`~pyro.plate` contexts
+        (and other batch dims); guessed from the traces when not given.
+    :param bool vectorize_particles: vectorize over particles with an outer plate.
+    :param str estimator: ``"arsm"`` (default; all ``C(C-1)/2 + 1`` swaps, merged), ``"ars"`` (one
+        random reference category: ``C`` evaluations) or ``"ar"`` (1 evaluation, no pseudo pass;
+        much higher variance). Applies to categorical sites; Bernoulli sites use DisARM for
+        ``"arsm"``/``"ars"`` and AR for ``"ar"``.
+    :param bool vectorize_pseudo: evaluate all pseudo actions of a site in one batched pass
+        (default) or sequentially.
+    :param bool warn_score_function: warn once about each site that falls back to the
+        score-function estimator.
+
+    References
+
+    [1] M. Yin, Y. Yue, M. Zhou, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for Gradient
+        Backpropagation Through Categorical Variables", ICML 2019.
+    [2] Z. Dong, A. Mnih, G. Tucker, "DisARM: An Antithetic Gradient Estimator for Binary Latent
+        Variables", NeurIPS 2020.
+    """
+
+    def __init__(
+        self,
+        num_particles=1,
+        max_plate_nesting=float("inf"),
+        vectorize_particles=False,
+        estimator="arsm",
+        vectorize_pseudo=True,
+        warn_score_function=True,
+        retain_graph=None,
+        ignore_jit_warnings=False,
+    ):
+        if estimator not in _ESTIMATORS:
+            raise ValueError(f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+            ignore_jit_warnings=ignore_jit_warnings,
+        )
+        self.estimator = estimator
+        self.vectorize_pseudo = vectorize_pseudo
+        self.warn_score_function = warn_score_function
+        self._warned_sites = set()
+        #: model evaluations in pseudo passes during the last call (for benchmarks and tests)
+        self.last_num_pseudo_evaluations = 0
+
+    # --- tracing -----------------------------------------------------------------------------
+
+    def _get_trace(self, model, guide, args, kwargs):
+        if isinstance(poutine.unwrap(guide), Messenger):
+            raise NotImplementedError(
+                "ARSM_ELBO does not support GuideMessenger guides (e.g. AutoNormalMessenger); "
+                "use a callable guide or an AutoGuide."
+            )
+        sampler = _ARSMSampler(record_rng=not self.vectorize_pseudo)
+        with TrackNonReparam():
+            with sampler:
+                raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            raw_model_trace = poutine.trace(
+                poutine.replay(model, trace=raw_guide_trace)
+            ).get_trace(*args, **kwargs)
+        self._check_sites(raw_model_trace, raw_guide_trace)
+        if pyro.infer.util.is_validation_enabled():
+            check_model_guide_match(raw_model_trace, raw_guide_trace, self.max_plate_nesting)
+
+        guide_trace = prune_subsample_sites(raw_guide_trace)
+        model_trace = prune_subsample_sites(raw_model_trace)
+        model_trace.compute_log_prob()
+        guide_trace.compute_score_parts()
+        if pyro.infer.util.is_validation_enabled():
+            for trace in (model_trace, guide_trace):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        check_site_shape(site, self.max_plate_nesting)
+        nesting = _guess_nesting(raw_model_trace, raw_guide_trace)
+        if self.max_plate_nesting != float("inf"):
+            nesting = max(nesting, self.max_plate_nesting)
+        return _Particle(model, guide, model_trace, guide_trace, raw_guide_trace,
+                         raw_model_trace, sampler.noise, nesting)
+
+    def _get_vectorized_trace(self, model, guide, args, kwargs):
+        return self._get_trace(
+            self._vectorized_num_particles(model),
+            self._vectorized_num_particles(guide),
+            args,
+            kwargs,
+        )
+
+    def _check_sites(self, model_trace, guide_trace):
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+                continue
+            guide_site = guide_trace.nodes.get(name)
+            if site["is_observed"]:
+                if guide_site is not None and guide_site["type"] == "sample":
+                    raise ValueError(
+                        f"ARSM_ELBO: site '{name}' is observed in the model but sampled in the "
+                        "guide. Remove it from the guide (or do not observe it in the model)."
+                    )
+                continue
+            if guide_site is None:
+                if site["infer"].get("enumerate"):
+                    raise ValueError(
+                        f"ARSM_ELBO: model site '{name}' is enumerated in the model "
+                        f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}) and absent from "
+                        "the guide. ARSM needs the discrete latent in the guide: add a guide site "
+                        f"pyro.sample('{name}', dist.Categorical(...)) and drop the model-side "
+                        "enumeration, or keep TraceEnum_ELBO for this model."
+                    )
+                raise ValueError(
+                    f"ARSM_ELBO: latent site '{name}' of the model is missing from the guide; it "
+                    "would be sampled from the prior and the ELBO would be wrong. Add it to the "
+                    "guide."
+                )
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+                continue
+            if site["is_observed"] or getattr(site["fn"], "has_rsample", False):
+                continue
+            kind, _ = _arsm_kind(site["fn"])
+            if kind is None and self.warn_score_function and name not in self._warned_sites:
+                self._warned_sites.add(name)
+                warnings.warn(
+                    f"ARSM_ELBO: guide site '{name}' ({type(site['fn']).__name__}) is neither "
+                    "categorical nor Bernoulli; it gets the TraceGraph_ELBO score-function "
+                    "gradient (unbiased, higher variance). Pass warn_score_function=False to "
+                    "silence this.",
+                    stacklevel=4,
+                )
+            if kind is not None and site["infer"].get("baseline"):
+                if name not in self._warned_sites:
+                    self._warned_sites.add(name)
+                    warnings.warn(
+                        f"ARSM_ELBO: the baseline of site '{name}' is ignored: ARSM gets its "
+                        "variance reduction from the swap table and needs no baseline.",
+                        stacklevel=4,
+                    )
+
+    # --- loss --------------------------------------------------------------------------------
+
+    def loss(self, model, guide, *args, **kwargs):
+        """
+        :returns: an estimate of ``-ELBO`` (no gradient work, no pseudo passes).
+        :rtype: float
+        """
+        elbo = 0.0
+        with torch.no_grad():
+            for particle in self._get_traces(model, guide, args, kwargs):
+                elbo_particle = torch_item(particle.model_trace.log_prob_sum()) - torch_item(
+                    particle.guide_trace.log_prob_sum()
+                )
+                elbo += elbo_particle / self.num_particles
+        loss = -elbo
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """Computes the ``-ELBO`` and back-propagates the ARSM surrogate loss.
+
+        :returns: an estimate of ``-ELBO``.
+        :rtype: float
+        """
+        loss, surrogate_loss = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        torch_backward(surrogate_loss, retain_graph=self.retain_graph)
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """A tensor whose value is ``-ELBO`` and whose gradient is the ARSM estimate.
+
+        This also makes ``ARSM_ELBO()(model, guide)`` an :class:`~pyro.infer.elbo.ELBOModule`.
+        """
+        loss, surrogate_loss = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+    def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
+        loss = 0.0
+        surrogate_loss = 0.0
+        self.last_num_pseudo_evaluations = 0
+        for particle in self._get_traces(model, guide, args, kwargs):
+            elbo, surrogate_elbo = self._particle_elbo(particle, args, kwargs)
+            loss = loss - elbo / self.num_particles
+            surrogate_loss = surrogate_loss - surrogate_elbo / self.num_particles
+        return loss, surrogate_loss
+
+    def _particle_elbo(self, particle, args, kwargs):
+        """ELBO and surrogate ELBO of one particle.
+
+        Everything except the ARSM sites goes through TraceGraph_ELBO's ``_compute_elbo`` (model
+        log-probabilities, entropy terms of reparameterized sites, score-function terms and
+        baselines of other non-reparameterizable sites); the ARSM sites' score-function terms are
+        switched off there and replaced by ``g . logits`` with ``g`` the ARSM estimate.
+        """
+        guide_trace = particle.guide_trace
+        for name in particle.noise:
+            site = guide_trace.nodes[name]
+            parts = site["score_parts"]
+            infer = {k: v for k, v in site["infer"].items() if k != "baseline"}
+            guide_trace.nodes[name] = {
+                **site,
+                "infer": infer,
+                "score_parts": ScoreParts(parts.log_prob, torch.zeros(()), parts.entropy_term),
+            }
+        elbo, surrogate_loss = _compute_elbo(particle.model_trace, guide_trace)
+        surrogate_elbo = -surrogate_loss
+        for name in particle.noise:
+            grad, logits = self._site_grad(particle, name, args, kwargs)
+            surrogate_elbo = surrogate_elbo + (grad.detach() * logits).sum()
+        return elbo, surrogate_elbo
+
+    # --- the ARSM term of one site -----------------------------------------------------------
+
+    def _dependents(self, particle, name):
+        """Names of model and guide sites whose log-prob depends on ``name``, and the guide sites
+        downstream of it (their value depends on it)."""
+        model_deps = {
+            n for n, s in particle.model_trace.nodes.items()
+            if s["type"] == "sample" and name in get_provenance(s["log_prob"])
+        }
+        guide_deps = {
+            n for n, s in particle.guide_trace.nodes.items()
+            if s["type"] == "sample" and name in get_provenance(s["log_prob"])
+        }
+        downstream = {
+            n for n, s in particle.raw_guide_trace.nodes.items()
+            if s["type"] == "sample" and n != name and name in get_provenance(s["value"])
+        }
+        return model_deps, guide_deps, downstream
+
+    def _site_grad(self, particle, name, args, kwargs):
+        """ARSM (ARS, AR, DisARM) estimate for site ``name`` and its differentiable logits."""
+        site = particle.guide_trace.nodes[name]
+        noise = particle.noise[name]
+        kind, base = _arsm_kind(site["fn"])
+        element_shape = tuple(noise.noise.shape[:-1]) if kind != "bernoulli" else tuple(
+            noise.noise.shape)
+        logits = _site_logits(kind, base, element_shape)
+        batch_shape = tuple(site["fn"].batch_shape)
+        model_deps, guide_deps, downstream = self._dependents(particle, name)
+
+        cost = MultiFrameTensor()
+        for n in model_deps:
+            node = particle.model_trace.nodes[n]
+            cost.add((node["cond_indep_stack"], node["log_prob"]))
+        for n in guide_deps:
+            node = particle.guide_trace.nodes[n]
+            cost.add((node["cond_indep_stack"], -node["log_prob"]))
+        real_cost = detach_provenance(cost.sum_to(site["cond_indep_stack"]))
+        real_cost = self._to_batch(torch.as_tensor(real_cost).detach(), batch_shape, name)
+
+        # The actions each estimator needs, as whole-site vectors [R, *elements].
+        if kind == "bernoulli":
+            b, anti_b = est.bernoulli_pair(noise.noise, noise.logits)
+            if self.estimator == "ar":
+                return est.bernoulli_ar_grad(real_cost, noise.noise), logits
+            actions = torch.stack([b, anti_b])
+            true_row = 0
+        else:
+            C = noise.noise.shape[-1]
+            if self.estimator == "ar":
+                return est.ar_grad(real_cost, noise.noise), logits
+            if self.estimator == "ars":
+                reference = int(torch.randint(C, ()))
+                rows = est.ars_rows(reference, C, device=logits.device)
+                true_row = reference
+            else:
+                rows = None
+                true_row = 0
+            actions = est.pseudo_actions(noise.noise, noise.logits, rows)
+
+        # Evaluate f once per distinct whole-site vector; the true action reuses the real pass.
+        flat = actions.reshape(actions.shape[0], -1)
+        unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        true_unique = int(inverse[true_row])
+        others = [u for u in range(unique.shape[0]) if u != true_unique]
+        unique_costs = real_cost.new_empty((unique.shape[0],) + batch_shape)
+        unique_costs[true_unique] = real_cost
+        if others:
+            values = unique[others].reshape((len(others),) + tuple(actions.shape[1:]))
+            unique_costs[others] = self._pseudo_costs(
+                particle, name, kind, values, batch_shape, model_deps, guide_deps, downstream,
+                args, kwargs,
+            )
+        table = unique_costs[inverse]  # [R, *batch]
+
+        if kind == "bernoulli":
+            return est.disarm_grad(table[0], table[1], b, anti_b, noise.logits), logits
+        if self.estimator == "ars":
+            return est.ars_grad(table, noise.noise, reference), logits
+        return est.arsm_grad(table, noise.noise), logits
+
+    @staticmethod
+    def _to_batch(cost, batch_shape, name):
+        try:
+            return cost.expand(batch_shape)
+        except RuntimeError as e:
+            raise ValueError(
+                f"ARSM_ELBO: the cost of site '{name}' has shape {tuple(cost.shape)}, which does "
+                f"not broadcast to the site's batch shape {batch_shape}. Declare every batch "
+                "dimension with pyro.plate (or use .to_event) in both model and guide."
+            ) from e
+
+    def _pseudo_costs(self, particle, name, kind, actions, batch_shape, model_deps, guide_deps,
+                      downstream, args, kwargs):
+        """Costs ``[U, *batch]`` of site ``name`` at ``U`` pseudo actions ``[U, *elements]``."""
+        site = particle.guide_trace.nodes[name]
+        fn = site["fn"]
+        C = particle.noise[name].noise.shape[-1] if kind != "bernoulli" else 2
+        values = _value_from_action(kind, actions, C, particle.noise[name].logits.dtype)
+        value_shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+        # Sites present in the real guide trace and not downstream are replayed (upstream or
+        # independent sites, subsample indices); the rest is re-sampled.
+        part = poutine.Trace()
+        for n, s in particle.raw_guide_trace.nodes.items():
+            if s["type"] == "sample" and n != name and n not in downstream:
+                part.add_node(n, **{**s, "value": detach_provenance(s["value"])})
+        model_subsample = {
+            n: s for n, s in particle.raw_model_trace.nodes.items()
+            if s["type"] == "sample" and isinstance(s["fn"], _Subsample)
+            and n not in particle.raw_guide_trace.nodes
+        }
+        reuse = {n: v for n, v in particle.noise.items() if n in downstream}
+        deps = (model_deps, guide_deps, set(particle.raw_model_trace.nodes),
+                set(particle.raw_guide_trace.nodes))
+        U = values.shape[0]
+        self.last_num_pseudo_evaluations += U
+        with torch.no_grad():
+            if self.vectorize_pseudo:
+                nesting = particle.max_plate_nesting
+                dim = -(nesting + 1)
+                pad = (1,) * (nesting - len(fn.batch_shape))
+                part.add_node(name, **{**site, "value": values.reshape((U,) + pad + value_shape)})
+                guide = _with_pseudo_plate(particle.guide, U, dim)
+                model = _with_pseudo_plate(particle.model, U, dim)
+                try:
+                    cost = self._pass_cost(guide, model, part, model_subsample, reuse, name,
+                                           deps, args, kwargs, None, pseudo=(U, dim))
+                    return cost.expand((U,) + pad + batch_shape).reshape((U,) + batch_shape)
+                except (RuntimeError, ValueError, IndexError) as e:
+                    if isinstance(e, _PseudoShapeError):
+                        raise
+                    raise ValueError(
+                        f"ARSM_ELBO: the batched pseudo-action pass for guide site '{name}' "
+                        f"failed ({type(e).__name__}: {e}). ARSM_ELBO evaluates the {U} pseudo "
+                        f"actions of a site in one pass under a plate at dim {dim}, so model and "
+                        "guide must broadcast on the left (no x.view(batch, -1), len(z), .item() "
+                        "or fixed-dim torch.cat on sample values); set max_plate_nesting if it "
+                        "was guessed wrong, or pass ARSM_ELBO(vectorize_pseudo=False) to "
+                        "evaluate pseudo actions one at a time."
+                    ) from e
+            costs = []
+            for u in range(U):
+                trace_u = poutine.Trace()
+                for n, s in part.nodes.items():
+                    trace_u.add_node(n, **s)
+                trace_u.add_node(name, **{**site, "value": values[u].reshape(value_shape)})
+                with torch.random.fork_rng(devices=[]):
+                    cost = self._pass_cost(particle.guide, particle.model, trace_u,
+                                           model_subsample, reuse, name, deps, args, kwargs,
+                                           particle.noise[name].rng_state)
+                costs.append(self._to_batch(torch.as_tensor(cost), batch_shape, name))
+            return torch.stack(costs)
+
+    @staticmethod
+    def _pass_cost(guide, model, part, model_subsample, reuse, name, deps, args, kwargs,
+                   rng_state, pseudo=None):
+        """One pass of guide and model with ``part`` replayed; the site's cost, ``sum_to`` its
+        plates. ``pseudo = (U, dim)`` on the batched path, to check that every term of the cost
+        carries the pseudo-action dim."""
+        model_deps, guide_deps, model_names, guide_names = deps
+        with _ARSMSampler(reuse=reuse), _RestoreRNGAfter(name, rng_state):
+            guide_trace = poutine.trace(poutine.replay(guide, trace=part)).get_trace(
+                *args, **kwargs)
+        replay_trace = guide_trace.copy()
+        for n, s in model_subsample.items():
+            replay_trace.add_node(n, **s)
+        model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
+            *args, **kwargs)
+        target = guide_trace.nodes[name]["cond_indep_stack"]
+        guide_trace = prune_subsample_sites(guide_trace)
+        model_trace = prune_subsample_sites(model_trace)
+        # The cost holds the terms that depend on the site in the real pass, plus the terms of
+        # sites that exist only at the pseudo action (dynamic structure, sequential path).
+        model_trace.compute_log_prob(lambda n, s: n in model_deps or n not in model_names)
+        guide_trace.compute_log_prob(lambda n, s: n in guide_deps or n not in guide_names)
+        cost = MultiFrameTensor()
+        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+            for n, s in trace.nodes.items():
+                if s["type"] != "sample" or "log_prob" not in s:
+                    continue
+                log_prob = s["log_prob"]
+                if pseudo is not None:
+                    size, dim = pseudo
+                    if log_prob.dim() < -dim or log_prob.shape[dim] != size:
+                        raise _PseudoShapeError(
+                            f"ARSM_ELBO: in the batched pseudo-action pass for guide site "
+                            f"'{name}', the log-prob of site '{n}' has shape "
+                            f"{tuple(log_prob.shape)}, without the {size} pseudo actions at dim "
+                            f"{dim}: the model or guide does not broadcast on the left. Make it "
+                            "broadcast (no x.view(batch, -1) or len(z) on sample values), set "
+                            "max_plate_nesting, or pass ARSM_ELBO(vectorize_pseudo=False)."
+                        )
+                cost.add((s["cond_indep_stack"], sign * log_prob))
+        return cost.sum_to(target)
+
+
+class _PseudoShapeError(ValueError):
+    pass
