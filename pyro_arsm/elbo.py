@@ -18,7 +18,7 @@ from pyro.distributions.util import is_identically_zero
 from pyro.infer.elbo import ELBO
 from pyro.infer.tracegraph_elbo import TrackNonReparam, _compute_elbo
 from pyro.infer.util import MultiFrameTensor, torch_backward, torch_item
-from pyro.ops.provenance import detach_provenance, get_provenance
+from pyro.ops.provenance import detach_provenance, get_provenance, track_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
@@ -171,7 +171,11 @@ class _ARSMSampler(Messenger):
         else:
             action = est.categorical_from_log_pi(noise, logits)
             value = _value_from_action(kind, action, logits.shape[-1], logits.dtype)
-        msg["value"] = value.reshape(tuple(msg["fn"].batch_shape) + tuple(msg["fn"].event_shape))
+        value = value.reshape(tuple(msg["fn"].batch_shape) + tuple(msg["fn"].event_shape))
+        # The value depends on whatever the logits depend on: keep that provenance, so that a
+        # site sampled from logits computed from another discrete site is known to be downstream
+        # of it (TrackNonReparam adds the site's own name afterwards).
+        msg["value"] = track_provenance(value, get_provenance(base.logits))
         msg["done"] = True
         rng_state = torch.get_rng_state() if self.record_rng else None
         self.noise[name] = _SiteNoise(kind, noise, logits, rng_state)

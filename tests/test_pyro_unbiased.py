@@ -1,0 +1,402 @@
+"""ARSM_ELBO gradients are unbiased: Monte Carlo means against exact gradients (z-tests).
+
+Each draw is the gradient of ``ARSM_ELBO(num_particles=K, vectorize_particles=True)``, i.e. the
+mean of K independent estimates; the z-test runs over M such draws. The exact references are
+TraceEnum_ELBO with the guide enumerated, or a brute-force sum over the guide's discrete values.
+"""
+
+import pytest
+import torch
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+from pyro_arsm import ARSM_ELBO
+from pyro_exact import (
+    assert_unbiased,
+    brute_force_gradient,
+    enum_gradient,
+    gradient_draws,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+def arsm_draws(model, guide, names, args, mpn, particles=200, draws=40, **elbo_kwargs):
+    elbo = ARSM_ELBO(num_particles=particles, vectorize_particles=True,
+                     max_plate_nesting=mpn, **elbo_kwargs)
+    return gradient_draws(elbo, model, guide, names, draws, *args)
+
+
+def init(model, guide, *args):
+    """Create the params (the exact reference and the draws then share them)."""
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    poutine.replay(model, trace=guide_trace)(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def single_model(x):
+    locs = pyro.param("locs", torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0]))
+    z = pyro.sample("z", dist.Categorical(logits=torch.zeros(5)))
+    pyro.sample("x", dist.Normal(locs[z], 1.0), obs=x)
+
+
+def single_guide(x):
+    phi = pyro.param("phi", torch.tensor([0.3, -0.5, 1.0, 0.0, -1.2]))
+    pyro.sample("z", dist.Categorical(logits=phi))
+
+
+W_EVENT = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.3, -0.7], [-1.5, 0.8, 0.2]])
+
+
+def to_event_model(x):
+    scale = pyro.param("scale", torch.tensor(1.0))
+    z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3, 3)).to_event(1))
+    h = torch.gather(W_EVENT.expand(z.shape + (3,)), -1, z.unsqueeze(-1)).squeeze(-1)
+    # not separable across the three categoricals
+    mean = torch.tanh(h.sum(-1)) + 0.5 * h[..., 0] * h[..., 1] * h[..., 2]
+    pyro.sample("x", dist.Normal(mean * scale, 0.5), obs=x)
+
+
+def to_event_guide(x):
+    phi = pyro.param("phi", torch.tensor([[0.2, -0.4, 0.1], [1.0, 0.0, -0.5], [-0.3, 0.6, 0.0]]))
+    pyro.sample("z", dist.Categorical(logits=phi).to_event(1))
+
+
+def plated_model(data, scale=1.0):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.0, 2.0]))
+    with pyro.plate("data", len(data)), poutine.scale(scale=scale):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(4)))
+        pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+
+
+def plated_guide(data, scale=1.0):
+    phi = pyro.param("phi", torch.tensor([[0.5, -0.5, 0.0, 0.2], [0.0, 1.0, -1.0, 0.0],
+                                          [-0.5, 0.0, 0.5, 1.0]]))
+    with pyro.plate("data", len(data)), poutine.scale(scale=scale):
+        pyro.sample("z", dist.Categorical(logits=phi))
+
+
+PLATED_DATA = torch.tensor([0.0, 1.0, 2.5])
+
+SUB_DATA = torch.tensor([-1.0, 0.2, 2.1, 0.9, -0.4, 1.7])
+
+
+def subsampled_model(data, subsample_size=None):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 2.0]))
+    with pyro.plate("data", len(data), subsample_size=subsample_size) as idx:
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+        pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data[idx])
+
+
+def subsampled_guide(data, subsample_size=None):
+    phi = pyro.param("phi", torch.linspace(-1, 1, 18).reshape(6, 3).sin() * 2)
+    with pyro.plate("data", len(data), subsample_size=subsample_size) as idx:
+        pyro.sample("z", dist.Categorical(logits=phi[idx]))
+
+
+P_CHAIN = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.5, 0.0], [-1.0, 0.0, 1.0]])
+
+
+def chain_model(x):
+    locs = pyro.param("locs", torch.tensor([[-2.0, -1.0, 0.0], [0.0, 1.0, 2.0], [1.0, 3.0, -1.0]]))
+    z1 = pyro.sample("z1", dist.Categorical(logits=torch.tensor([0.2, -0.3, 0.1])))
+    z2 = pyro.sample("z2", dist.Categorical(logits=P_CHAIN[z1]))
+    pyro.sample("x", dist.Normal(locs[z1, z2], 1.0), obs=x)
+
+
+def chain_guide(x):
+    phi1 = pyro.param("phi1", torch.tensor([0.4, -0.2, 0.0]))
+    phi2 = pyro.param("phi2", torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.5], [-0.5, 1.0, 0.0]]))
+    z1 = pyro.sample("z1", dist.Categorical(logits=phi1))
+    pyro.sample("z2", dist.Categorical(logits=phi2[z1]))
+
+
+def bernoulli_model(data):
+    w = pyro.param("w", torch.tensor([-1.0, 1.5]))
+    with pyro.plate("data", len(data)):
+        b = pyro.sample("b", dist.Bernoulli(0.4))
+        pyro.sample("x", dist.Normal(w[b.long()], 1.0), obs=data)
+
+
+def bernoulli_guide(data):
+    alpha = pyro.param("alpha", torch.tensor([0.3, -1.0, 0.0, 1.2]))
+    with pyro.plate("data", len(data)):
+        pyro.sample("b", dist.Bernoulli(logits=alpha))
+
+
+def bernoulli_event_model(x):
+    v = pyro.param("v", torch.tensor([1.0, -2.0, 0.5]))
+    b = pyro.sample("b", dist.Bernoulli(0.5 * torch.ones(3)).to_event(1))
+    mean = torch.tanh((b * v).sum(-1)) + b[..., 0] * b[..., 1]
+    pyro.sample("x", dist.Normal(mean, 0.5), obs=x)
+
+
+def bernoulli_event_guide(x):
+    alpha = pyro.param("alpha", torch.tensor([0.5, -0.3, 1.0]))
+    pyro.sample("b", dist.Bernoulli(logits=alpha).to_event(1))
+
+
+def onehot_model(data):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 2.0]))
+    with pyro.plate("data", len(data)):
+        y = pyro.sample("y", dist.OneHotCategorical(logits=torch.zeros(3)))
+        pyro.sample("x", dist.Normal((y * locs).sum(-1), 1.0), obs=data)
+
+
+def onehot_guide(data):
+    phi = pyro.param("phi", torch.tensor([[0.5, -0.5, 0.0], [0.0, 1.0, -1.0]]))
+    with pyro.plate("data", len(data)):
+        pyro.sample("y", dist.OneHotCategorical(logits=phi))
+
+
+def upstream_model(x):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.5]))
+    u = pyro.sample("u", dist.Normal(0.0, 1.0))
+    z = pyro.sample("z", dist.Categorical(logits=torch.stack([u, -u, 0.5 * u], -1)))
+    pyro.sample("x", dist.Normal(locs[z] + u, 1.0), obs=x)
+
+
+def upstream_guide(x):
+    mu = pyro.param("mu", torch.tensor(0.3))
+    a = pyro.param("a", torch.tensor([1.0, -0.5, 0.2]))
+    b = pyro.param("b", torch.tensor([0.1, 0.2, -0.3]))
+    u = pyro.sample("u", dist.Normal(mu, 0.8))
+    pyro.sample("z", dist.Categorical(logits=a * u.unsqueeze(-1) + b))
+
+
+def downstream_model(x):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 2.0]))
+    z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+    w = pyro.sample("w", dist.Normal(locs[z], 1.0))
+    pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+
+def downstream_guide(x):
+    phi = pyro.param("phi", torch.tensor([0.2, -0.3, 0.5]))
+    m = pyro.param("m", torch.tensor([0.0, 1.0, -1.0]))
+    z = pyro.sample("z", dist.Categorical(logits=phi))
+    pyro.sample("w", dist.Normal(m[z], 0.7))
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+ENCODER = None
+DECODER = None
+
+
+def vae_model(x):
+    pyro.module("decoder", DECODER)
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.OneHotCategorical(logits=torch.zeros(3)))
+        pyro.sample("x", dist.Bernoulli(logits=DECODER(z)).to_event(1), obs=x)
+
+
+def vae_guide(x):
+    pyro.module("encoder", ENCODER)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.OneHotCategorical(logits=ENCODER(x)))
+
+
+VAE_DATA = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+VAE_PARAMS = ["encoder$$$linear.weight", "encoder$$$linear.bias", "decoder$$$weight",
+              "decoder$$$bias"]
+
+MASK = torch.tensor([True, False, True, True])
+MASK_DATA = torch.tensor([0.0, 1.0, 2.5, -1.0])
+
+
+def masked_model(data, keep=None, how="poutine"):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.0, 1.0]))
+    with pyro.plate("data", len(data)):
+        mask = MASK if keep is None else True
+        prior = dist.Categorical(logits=torch.zeros(3))
+        if how == "poutine":
+            with poutine.mask(mask=mask):
+                z = pyro.sample("z", prior)
+                pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+        else:
+            z = pyro.sample("z", prior.mask(mask))
+            pyro.sample("x", dist.Normal(locs[z], 1.0).mask(mask), obs=data)
+
+
+def masked_guide(data, keep=None, how="poutine"):
+    phi = pyro.param("phi", torch.tensor([[0.5, -0.5, 0.0], [0.0, 1.0, -1.0],
+                                          [-0.5, 0.0, 0.5], [1.0, 0.0, 0.0]]))
+    logits = phi if keep is None else phi[keep]
+    with pyro.plate("data", len(data)):
+        mask = MASK if keep is None else True
+        if how == "poutine":
+            with poutine.mask(mask=mask):
+                pyro.sample("z", dist.Categorical(logits=logits))
+        else:
+            pyro.sample("z", dist.Categorical(logits=logits).mask(mask))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", ["arsm", "ars"])
+def test_unbiased_single_categorical(estimator):
+    x = torch.tensor(0.7)
+    init(single_model, single_guide, x)
+    names = ["phi", "locs"]
+    exact, _ = enum_gradient(single_model, single_guide, names, 0, x)
+    draws = arsm_draws(single_model, single_guide, names, (x,), 0, estimator=estimator)
+    assert_unbiased(draws, exact, label=f"single categorical, {estimator}")
+
+
+@pytest.mark.parametrize("vectorize_pseudo", [True, False])
+def test_unbiased_to_event_non_separable(vectorize_pseudo):
+    x = torch.tensor(0.4)
+    init(to_event_model, to_event_guide, x)
+    names = ["phi", "scale"]
+    exact = brute_force_gradient(to_event_model, to_event_guide, names, x)
+    draws = arsm_draws(to_event_model, to_event_guide, names, (x,), 0,
+                       draws=40 if vectorize_pseudo else 20, vectorize_pseudo=vectorize_pseudo)
+    assert_unbiased(draws, exact, label=f"to_event, vectorize_pseudo={vectorize_pseudo}")
+
+
+def test_brute_force_agrees_with_trace_enum():
+    # the two exact references agree where both apply
+    init(plated_model, plated_guide, PLATED_DATA)
+    names = ["phi", "locs"]
+    brute = brute_force_gradient(plated_model, plated_guide, names, PLATED_DATA)
+    enum, _ = enum_gradient(plated_model, plated_guide, names, 1, PLATED_DATA)
+    assert torch.allclose(brute, enum, atol=1e-5)
+
+
+def test_unbiased_plate_under_poutine_scale():
+    init(plated_model, plated_guide, PLATED_DATA)
+    names = ["phi", "locs"]
+    # the scaled ELBO is 2.5 x the unscaled one: an exact reference independent of how any
+    # estimator handles scale
+    exact, _ = enum_gradient(plated_model, plated_guide, names, 1, PLATED_DATA)
+    draws = arsm_draws(plated_model, plated_guide, names, (PLATED_DATA, 2.5), 1)
+    assert_unbiased(draws, 2.5 * exact, label="plate + poutine.scale(2.5)")
+
+
+def test_unbiased_subsampled_plate_full_data_gradient():
+    init(subsampled_model, subsampled_guide, SUB_DATA)
+    names = ["phi", "locs"]
+    exact, _ = enum_gradient(subsampled_model, subsampled_guide, names, 1, SUB_DATA)
+    # one subsample per draw: few particles, many draws
+    elbo = ARSM_ELBO(num_particles=50, vectorize_particles=True, max_plate_nesting=1)
+    draws = gradient_draws(elbo, subsampled_model, subsampled_guide, names, 300, SUB_DATA, 2)
+    assert_unbiased(draws, exact, power=0.1, label="subsample_size=2 of 6")
+
+
+@pytest.mark.parametrize("vectorize_pseudo", [True, False])
+def test_unbiased_chained_categoricals(vectorize_pseudo):
+    x = torch.tensor(1.3)
+    init(chain_model, chain_guide, x)
+    names = ["phi1", "phi2", "locs"]
+    exact, _ = enum_gradient(chain_model, chain_guide, names, 0, x)
+    draws = arsm_draws(chain_model, chain_guide, names, (x,), 0,
+                       draws=40 if vectorize_pseudo else 20, vectorize_pseudo=vectorize_pseudo)
+    assert_unbiased(draws, exact, label=f"chained categoricals, vectorize={vectorize_pseudo}")
+
+
+@pytest.mark.parametrize("estimator", ["arsm", "ar"])
+def test_unbiased_bernoulli_plate(estimator):
+    data = torch.tensor([0.0, 1.0, 2.5, -1.0])
+    init(bernoulli_model, bernoulli_guide, data)
+    names = ["alpha", "w"]
+    exact, _ = enum_gradient(bernoulli_model, bernoulli_guide, names, 1, data)
+    draws = arsm_draws(bernoulli_model, bernoulli_guide, names, (data,), 1,
+                       draws=40 if estimator == "arsm" else 100, estimator=estimator)
+    assert_unbiased(draws, exact, label=f"Bernoulli plate, {estimator}")
+
+
+def test_unbiased_bernoulli_to_event_non_separable():
+    x = torch.tensor(0.3)
+    init(bernoulli_event_model, bernoulli_event_guide, x)
+    names = ["alpha", "v"]
+    exact = brute_force_gradient(bernoulli_event_model, bernoulli_event_guide, names, x)
+    draws = arsm_draws(bernoulli_event_model, bernoulli_event_guide, names, (x,), 0)
+    assert_unbiased(draws, exact, label="Bernoulli to_event (DisARM, joint f)")
+
+
+def test_unbiased_one_hot_categorical():
+    data = torch.tensor([0.3, 1.8])
+    init(onehot_model, onehot_guide, data)
+    names = ["phi", "locs"]
+    exact, _ = enum_gradient(onehot_model, onehot_guide, names, 1, data)
+    draws = arsm_draws(onehot_model, onehot_guide, names, (data,), 1)
+    assert_unbiased(draws, exact, label="OneHotCategorical plate")
+
+
+def test_unbiased_reparameterized_site_upstream():
+    x = torch.tensor(0.9)
+    init(upstream_model, upstream_guide, x)
+    names = ["mu", "a", "b", "locs"]
+    exact, exact_se = _upstream_reference(names, x)
+    draws = arsm_draws(upstream_model, upstream_guide, names, (x,), 0, draws=60)
+    assert_unbiased(draws, exact, exact_se, label="reparameterized site upstream")
+
+
+def _upstream_reference(names, x):
+    # TraceEnum is exact over z and samples u: average many vectorized particles per draw
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+    elbo = TraceEnum_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=0)
+    draws = gradient_draws(elbo, upstream_model, config_enumerate(upstream_guide, "parallel"),
+                           names, 40, x)
+    return draws.mean(0), draws.std(0) / draws.shape[0] ** 0.5
+
+
+@pytest.mark.parametrize("vectorize_pseudo", [True, False])
+def test_unbiased_reparameterized_site_downstream(vectorize_pseudo):
+    # w ~ q(w | z) must be re-sampled at each pseudo action; replaying it biases the gradient
+    x = torch.tensor(1.2)
+    init(downstream_model, downstream_guide, x)
+    names = ["phi", "m", "locs"]
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+    elbo = TraceEnum_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=0)
+    ref = gradient_draws(elbo, downstream_model, config_enumerate(downstream_guide, "parallel"),
+                         names, 40, x)
+    exact, exact_se = ref.mean(0), ref.std(0) / ref.shape[0] ** 0.5
+    draws = arsm_draws(downstream_model, downstream_guide, names, (x,), 0,
+                       draws=60 if vectorize_pseudo else 30, vectorize_pseudo=vectorize_pseudo)
+    assert_unbiased(draws, exact, exact_se, label=f"reparam downstream, vectorize={vectorize_pseudo}")
+
+
+def test_unbiased_model_and_guide_networks():
+    global ENCODER, DECODER
+    torch.manual_seed(1)
+    ENCODER, DECODER = Encoder(), torch.nn.Linear(3, 4)
+    init(vae_model, vae_guide, VAE_DATA)
+    exact, _ = enum_gradient(vae_model, vae_guide, VAE_PARAMS, 1, VAE_DATA)
+    draws = arsm_draws(vae_model, vae_guide, VAE_PARAMS, (VAE_DATA,), 1)
+    assert_unbiased(draws, exact, label="encoder and decoder weights")
+
+
+@pytest.mark.parametrize("how", ["poutine", "distribution"])
+def test_unbiased_masked_elements(how):
+    init(masked_model, masked_guide, MASK_DATA, None, how)
+    names = ["phi", "locs"]
+    keep = MASK.nonzero().squeeze(-1)
+    # masked elements drop out of the ELBO: the exact gradient is that of the unmasked data
+    exact, _ = enum_gradient(masked_model, masked_guide, names, 1, MASK_DATA[keep], keep, how)
+    draws = arsm_draws(masked_model, masked_guide, names, (MASK_DATA, None, how), 1)
+    assert (draws[:, 3:6] == 0).all()  # phi row 1 is masked out: exactly zero
+    assert_unbiased(draws, exact, label=f"mask via {how}")
