@@ -289,6 +289,7 @@ class ARSM_ELBO(ELBO):
         self.vectorize_pseudo = vectorize_pseudo
         self.warn_score_function = warn_score_function
         self._warned_sites = set()
+        self._checked_sites = set()
         #: model evaluations in pseudo passes during the last call (for benchmarks and tests)
         self.last_num_pseudo_evaluations = 0
 
@@ -525,11 +526,29 @@ class ARSM_ELBO(ELBO):
         unique_costs = real_cost.new_empty((unique.shape[0],) + batch_shape)
         unique_costs[true_unique] = real_cost
         if others:
-            values = unique[others].reshape((len(others),) + tuple(actions.shape[1:]))
-            unique_costs[others] = self._pseudo_costs(
-                particle, name, kind, values, batch_shape, model_deps, guide_deps, downstream,
-                args, kwargs,
-            )
+            self.last_num_pseudo_evaluations += len(others)
+            # The first batched pass of a site also re-evaluates the true action and compares it
+            # with the real pass: a model that mixes the pseudo-action dim into other dims (e.g.
+            # sums over all batch dims) would otherwise give a silently wrong gradient.
+            check = self.vectorize_pseudo and not downstream and name not in self._checked_sites
+            rows = ([true_unique] if check else []) + others
+            values = unique[rows].reshape((len(rows),) + tuple(actions.shape[1:]))
+            costs = self._pseudo_costs(particle, name, kind, values, batch_shape, model_deps,
+                                       guide_deps, downstream, args, kwargs)
+            if check:
+                self._checked_sites.add(name)
+                if not torch.allclose(costs[0], real_cost, rtol=1e-3, atol=1e-3):
+                    raise _PseudoShapeError(
+                        f"ARSM_ELBO: in the batched pseudo-action pass for guide site '{name}', "
+                        "the cost at the true action differs from the real pass (max abs "
+                        f"difference {(costs[0] - real_cost).abs().max():.3g}): the model or "
+                        "guide mixes the pseudo-action dim (left of max_plate_nesting) with "
+                        "others, e.g. by summing or reshaping over all dims. Make it broadcast on "
+                        "the left, set max_plate_nesting, or pass "
+                        "ARSM_ELBO(vectorize_pseudo=False)."
+                    )
+                costs = costs[1:]
+            unique_costs[others] = costs
         table = unique_costs[inverse]  # [R, *batch]
 
         if kind == "bernoulli":
@@ -572,7 +591,6 @@ class ARSM_ELBO(ELBO):
         deps = (model_deps, guide_deps, set(particle.raw_model_trace.nodes),
                 set(particle.raw_guide_trace.nodes))
         U = values.shape[0]
-        self.last_num_pseudo_evaluations += U
         with torch.no_grad():
             if self.vectorize_pseudo:
                 nesting = particle.max_plate_nesting
