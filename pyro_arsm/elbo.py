@@ -14,7 +14,7 @@ import pyro
 import pyro.poutine as poutine
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
-from pyro.distributions.util import is_identically_zero
+from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.tracegraph_elbo import TrackNonReparam, _compute_elbo
 from pyro.infer.util import MultiFrameTensor, torch_backward, torch_item
@@ -460,22 +460,32 @@ class ARSM_ELBO(ELBO):
 
     # --- the ARSM term of one site -----------------------------------------------------------
 
-    def _dependents(self, particle, name):
-        """Names of model and guide sites whose log-prob depends on ``name``, and the guide sites
-        downstream of it (their value depends on it)."""
-        model_deps = {
+    def _cost_spec(self, particle, name):
+        """Which terms make up the cost of site ``name`` (see :class:`_CostSpec`), and the guide
+        sites downstream of it (their value depends on it)."""
+        model_deps = frozenset(
             n for n, s in particle.model_trace.nodes.items()
             if s["type"] == "sample" and name in get_provenance(s["log_prob"])
-        }
-        guide_deps = {
+        )
+        guide_deps = frozenset(
             n for n, s in particle.guide_trace.nodes.items()
             if s["type"] == "sample" and name in get_provenance(s["log_prob"])
-        }
-        downstream = {
+        )
+        downstream = frozenset(
             n for n, s in particle.raw_guide_trace.nodes.items()
             if s["type"] == "sample" and n != name and name in get_provenance(s["value"])
-        }
-        return model_deps, guide_deps, downstream
+        )
+        model_site = particle.model_trace.nodes.get(name)
+        spec = _CostSpec(
+            name=name,
+            model_deps=model_deps,
+            guide_deps=guide_deps,
+            model_names=frozenset(particle.raw_model_trace.nodes),
+            guide_names=frozenset(particle.raw_guide_trace.nodes),
+            own_model=model_site is not None and _event_ndims(model_site["fn"]) > 0,
+            own_guide=_event_ndims(particle.guide_trace.nodes[name]["fn"]) > 0,
+        )
+        return spec, downstream
 
     def _site_grad(self, particle, name, args, kwargs):
         """ARSM (ARS, AR, DisARM) estimate for site ``name`` and its differentiable logits."""
@@ -486,17 +496,18 @@ class ARSM_ELBO(ELBO):
             noise.noise.shape)
         logits = _site_logits(kind, base, element_shape)
         batch_shape = tuple(site["fn"].batch_shape)
-        model_deps, guide_deps, downstream = self._dependents(particle, name)
-
-        cost = MultiFrameTensor()
-        for n in model_deps:
-            node = particle.model_trace.nodes[n]
-            cost.add((node["cond_indep_stack"], node["log_prob"]))
-        for n in guide_deps:
-            node = particle.guide_trace.nodes[n]
-            cost.add((node["cond_indep_stack"], -node["log_prob"]))
-        real_cost = detach_provenance(cost.sum_to(site["cond_indep_stack"]))
-        real_cost = self._to_batch(torch.as_tensor(real_cost).detach(), batch_shape, name)
+        spec, downstream = self._cost_spec(particle, name)
+        # A .to_event site's own log-probabilities factorize over its event elements: each
+        # element is scored by its own share of them and the shared rest (Rao-Blackwellization;
+        # the other elements' shares do not depend on it).
+        cost_shape = element_shape if (spec.own_model or spec.own_guide) else batch_shape
+        shared, own = _site_cost(particle.model_trace, particle.guide_trace, spec,
+                                 site["cond_indep_stack"])
+        n_event = len(cost_shape) - len(batch_shape)
+        real_cost = _combine_costs(
+            detach_provenance(torch.as_tensor(shared)).detach(),
+            detach_provenance(torch.as_tensor(own)).detach(), batch_shape, cost_shape, n_event,
+            name)
 
         # The actions each estimator needs, as whole-site vectors [R, *elements].
         if kind == "bernoulli":
@@ -523,7 +534,7 @@ class ARSM_ELBO(ELBO):
         unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
         true_unique = int(inverse[true_row])
         others = [u for u in range(unique.shape[0]) if u != true_unique]
-        unique_costs = real_cost.new_empty((unique.shape[0],) + batch_shape)
+        unique_costs = real_cost.new_empty((unique.shape[0],) + cost_shape)
         unique_costs[true_unique] = real_cost
         if others:
             self.last_num_pseudo_evaluations += len(others)
@@ -533,8 +544,8 @@ class ARSM_ELBO(ELBO):
             check = self.vectorize_pseudo and not downstream and name not in self._checked_sites
             rows = ([true_unique] if check else []) + others
             values = unique[rows].reshape((len(rows),) + tuple(actions.shape[1:]))
-            costs = self._pseudo_costs(particle, name, kind, values, batch_shape, model_deps,
-                                       guide_deps, downstream, args, kwargs)
+            costs = self._pseudo_costs(particle, spec, kind, values, cost_shape, downstream,
+                                       args, kwargs)
             if check:
                 self._checked_sites.add(name)
                 if not torch.allclose(costs[0], real_cost, rtol=1e-3, atol=1e-3):
@@ -549,7 +560,7 @@ class ARSM_ELBO(ELBO):
                     )
                 costs = costs[1:]
             unique_costs[others] = costs
-        table = unique_costs[inverse]  # [R, *batch]
+        table = unique_costs[inverse]  # [R, *cost_shape]
 
         if kind == "bernoulli":
             return est.disarm_grad(table[0], table[1], b, anti_b, noise.logits), logits
@@ -557,25 +568,15 @@ class ARSM_ELBO(ELBO):
             return est.ars_grad(table, noise.noise, reference), logits
         return est.arsm_grad(table, noise.noise), logits
 
-    @staticmethod
-    def _to_batch(cost, batch_shape, name):
-        try:
-            return cost.expand(batch_shape)
-        except RuntimeError as e:
-            raise ValueError(
-                f"ARSM_ELBO: the cost of site '{name}' has shape {tuple(cost.shape)}, which does "
-                f"not broadcast to the site's batch shape {batch_shape}. Declare every batch "
-                "dimension with pyro.plate (or use .to_event) in both model and guide."
-            ) from e
-
-    def _pseudo_costs(self, particle, name, kind, actions, batch_shape, model_deps, guide_deps,
-                      downstream, args, kwargs):
-        """Costs ``[U, *batch]`` of site ``name`` at ``U`` pseudo actions ``[U, *elements]``."""
+    def _pseudo_costs(self, particle, spec, kind, actions, cost_shape, downstream, args, kwargs):
+        """Costs ``[U, *cost_shape]`` of a site at ``U`` pseudo actions ``[U, *elements]``."""
+        name = spec.name
         site = particle.guide_trace.nodes[name]
         fn = site["fn"]
+        batch_shape = tuple(fn.batch_shape)
         C = particle.noise[name].noise.shape[-1] if kind != "bernoulli" else 2
         values = _value_from_action(kind, actions, C, particle.noise[name].logits.dtype)
-        value_shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+        value_shape = batch_shape + tuple(fn.event_shape)
         # Sites present in the real guide trace and not downstream are replayed (upstream or
         # independent sites, subsample indices); the rest is re-sampled.
         part = poutine.Trace()
@@ -588,21 +589,23 @@ class ARSM_ELBO(ELBO):
             and n not in particle.raw_guide_trace.nodes
         }
         reuse = {n: v for n, v in particle.noise.items() if n in downstream}
-        deps = (model_deps, guide_deps, set(particle.raw_model_trace.nodes),
-                set(particle.raw_guide_trace.nodes))
         U = values.shape[0]
+        n_event = len(cost_shape) - len(batch_shape)
         with torch.no_grad():
             if self.vectorize_pseudo:
                 nesting = particle.max_plate_nesting
                 dim = -(nesting + 1)
-                pad = (1,) * (nesting - len(fn.batch_shape))
+                pad = (1,) * (nesting - len(batch_shape))
                 part.add_node(name, **{**site, "value": values.reshape((U,) + pad + value_shape)})
                 guide = _with_pseudo_plate(particle.guide, U, dim)
                 model = _with_pseudo_plate(particle.model, U, dim)
                 try:
-                    cost = self._pass_cost(guide, model, part, model_subsample, reuse, name,
-                                           deps, args, kwargs, None, pseudo=(U, dim))
-                    return cost.expand((U,) + pad + batch_shape).reshape((U,) + batch_shape)
+                    shared, own = _pass_cost(guide, model, part, model_subsample, reuse, spec,
+                                             args, kwargs, None, pseudo=(U, dim))
+                    if not isinstance(own, float):
+                        own = own.reshape((U,) + cost_shape)
+                    return _combine_costs(shared, own, (U,) + pad + batch_shape,
+                                          (U,) + cost_shape, n_event, name)
                 except (RuntimeError, ValueError, IndexError) as e:
                     if isinstance(e, _PseudoShapeError):
                         raise
@@ -622,53 +625,124 @@ class ARSM_ELBO(ELBO):
                     trace_u.add_node(n, **s)
                 trace_u.add_node(name, **{**site, "value": values[u].reshape(value_shape)})
                 with torch.random.fork_rng(devices=[]):
-                    cost = self._pass_cost(particle.guide, particle.model, trace_u,
-                                           model_subsample, reuse, name, deps, args, kwargs,
-                                           particle.noise[name].rng_state)
-                costs.append(self._to_batch(torch.as_tensor(cost), batch_shape, name))
+                    shared, own = _pass_cost(particle.guide, particle.model, trace_u,
+                                             model_subsample, reuse, spec, args, kwargs,
+                                             particle.noise[name].rng_state)
+                costs.append(_combine_costs(shared, own, batch_shape, cost_shape, n_event, name))
             return torch.stack(costs)
 
-    @staticmethod
-    def _pass_cost(guide, model, part, model_subsample, reuse, name, deps, args, kwargs,
-                   rng_state, pseudo=None):
-        """One pass of guide and model with ``part`` replayed; the site's cost, ``sum_to`` its
-        plates. ``pseudo = (U, dim)`` on the batched path, to check that every term of the cost
-        carries the pseudo-action dim."""
-        model_deps, guide_deps, model_names, guide_names = deps
-        with _ARSMSampler(reuse=reuse), _RestoreRNGAfter(name, rng_state):
-            guide_trace = poutine.trace(poutine.replay(guide, trace=part)).get_trace(
-                *args, **kwargs)
-        replay_trace = guide_trace.copy()
-        for n, s in model_subsample.items():
-            replay_trace.add_node(n, **s)
-        model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
-            *args, **kwargs)
-        target = guide_trace.nodes[name]["cond_indep_stack"]
-        guide_trace = prune_subsample_sites(guide_trace)
-        model_trace = prune_subsample_sites(model_trace)
-        # The cost holds the terms that depend on the site in the real pass, plus the terms of
-        # sites that exist only at the pseudo action (dynamic structure, sequential path).
-        model_trace.compute_log_prob(lambda n, s: n in model_deps or n not in model_names)
-        guide_trace.compute_log_prob(lambda n, s: n in guide_deps or n not in guide_names)
-        cost = MultiFrameTensor()
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for n, s in trace.nodes.items():
-                if s["type"] != "sample" or "log_prob" not in s:
-                    continue
-                log_prob = s["log_prob"]
-                if pseudo is not None:
-                    size, dim = pseudo
-                    if log_prob.dim() < -dim or log_prob.shape[dim] != size:
-                        raise _PseudoShapeError(
-                            f"ARSM_ELBO: in the batched pseudo-action pass for guide site "
-                            f"'{name}', the log-prob of site '{n}' has shape "
-                            f"{tuple(log_prob.shape)}, without the {size} pseudo actions at dim "
-                            f"{dim}: the model or guide does not broadcast on the left. Make it "
-                            "broadcast (no x.view(batch, -1) or len(z) on sample values), set "
-                            "max_plate_nesting, or pass ARSM_ELBO(vectorize_pseudo=False)."
-                        )
-                cost.add((s["cond_indep_stack"], sign * log_prob))
-        return cost.sum_to(target)
+
+# ---------------------------------------------------------------------------------------------
+# Costs
+# ---------------------------------------------------------------------------------------------
+
+# What makes up the cost f of one ARSM site:
+#   model_deps / guide_deps: sites whose log-prob depends on it in the real pass (provenance)
+#   model_names / guide_names: all sites of the real pass; sites that appear only at a pseudo
+#       action (dynamic structure) depend on it too
+#   own_model / own_guide: the site's own log-prob is scored per event element (.to_event sites)
+_CostSpec = namedtuple(
+    "_CostSpec",
+    ["name", "model_deps", "guide_deps", "model_names", "guide_names", "own_model", "own_guide"],
+)
+
+
+def _event_ndims(fn):
+    """Event dims that can be scored elementwise: those of a chain of ``Independent`` wrappers
+    (0 for anything else)."""
+    ndims = 0
+    while isinstance(fn, Independent):
+        ndims += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    return ndims
+
+
+def _elementwise_log_prob(site):
+    """Scaled, masked log-prob of each element of a ``.to_event`` site: ``[*batch, *event]``."""
+    fn = site["fn"]
+    ndims = 0
+    while isinstance(fn, Independent):
+        ndims += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    log_prob = fn.log_prob(site["value"])
+    scale, mask = site["scale"], site["mask"]
+    if isinstance(scale, torch.Tensor) and scale.dim():
+        scale = scale.reshape(scale.shape + (1,) * ndims)
+    if isinstance(mask, torch.Tensor) and mask.dim():
+        mask = mask.reshape(mask.shape + (1,) * ndims)
+    return scale_and_mask(log_prob, scale, mask)
+
+
+def _site_cost(model_trace, guide_trace, spec, target, pseudo=None):
+    """The cost of site ``spec.name`` from a model and guide trace: ``(shared, own)`` where
+    ``shared`` is ``sum_to`` the site's plates ``target`` and ``own`` (or ``0.``) holds the site's
+    own log-probabilities per event element."""
+    shared = MultiFrameTensor()
+    own = 0.0
+    for trace, sign, deps, names, own_flag in (
+        (model_trace, 1.0, spec.model_deps, spec.model_names, spec.own_model),
+        (guide_trace, -1.0, spec.guide_deps, spec.guide_names, spec.own_guide),
+    ):
+        for n, s in trace.nodes.items():
+            if s["type"] != "sample" or (n not in deps and n in names):
+                continue
+            if n == spec.name and own_flag:
+                own = own + sign * _elementwise_log_prob(s)
+                continue
+            log_prob = s["log_prob"]
+            if pseudo is not None:
+                size, dim = pseudo
+                if log_prob.dim() < -dim or log_prob.shape[dim] != size:
+                    raise _PseudoShapeError(
+                        f"ARSM_ELBO: in the batched pseudo-action pass for guide site "
+                        f"'{spec.name}', the log-prob of site '{n}' has shape "
+                        f"{tuple(log_prob.shape)}, without the {size} pseudo actions at dim "
+                        f"{dim}: the model or guide does not broadcast on the left. Make it "
+                        "broadcast (no x.view(batch, -1) or len(z) on sample values), set "
+                        "max_plate_nesting, or pass ARSM_ELBO(vectorize_pseudo=False)."
+                    )
+            shared.add((s["cond_indep_stack"], sign * log_prob))
+    return shared.sum_to(target), own
+
+
+def _combine_costs(shared, own, expand_shape, cost_shape, n_event, name):
+    """The cost per scored element, ``cost_shape``: ``shared`` (broadcastable to
+    ``expand_shape``, which may hold size-1 padding dims that ``cost_shape`` lacks) repeated over
+    the ``n_event`` trailing event dims, plus the per-element ``own`` terms (or ``0.``)."""
+    shared = torch.as_tensor(shared)
+    try:
+        shared = shared.expand(expand_shape)
+    except RuntimeError as e:
+        raise ValueError(
+            f"ARSM_ELBO: the cost of site '{name}' has shape {tuple(shared.shape)}, which does "
+            f"not broadcast to the site's batch shape {tuple(expand_shape)}. Declare every batch "
+            "dimension with pyro.plate (or use .to_event) in both model and guide."
+        ) from e
+    lead = tuple(cost_shape[: len(cost_shape) - n_event])
+    shared = shared.reshape(lead + (1,) * n_event)
+    return (shared + own).expand(cost_shape)
+
+
+def _pass_cost(guide, model, part, model_subsample, reuse, spec, args, kwargs, rng_state,
+               pseudo=None):
+    """One pass of guide and model with ``part`` replayed; the site's ``(shared, own)`` cost.
+
+    ``pseudo = (U, dim)`` on the batched path, to check that every term of the cost carries the
+    pseudo-action dim."""
+    name = spec.name
+    with _ARSMSampler(reuse=reuse), _RestoreRNGAfter(name, rng_state):
+        guide_trace = poutine.trace(poutine.replay(guide, trace=part)).get_trace(*args, **kwargs)
+    replay_trace = guide_trace.copy()
+    for n, s in model_subsample.items():
+        replay_trace.add_node(n, **s)
+    model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
+        *args, **kwargs)
+    target = guide_trace.nodes[name]["cond_indep_stack"]
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob(lambda n, s: n in spec.model_deps or n not in spec.model_names)
+    guide_trace.compute_log_prob(lambda n, s: n in spec.guide_deps or n not in spec.guide_names)
+    return _site_cost(model_trace, guide_trace, spec, target, pseudo)
 
 
 class _PseudoShapeError(ValueError):

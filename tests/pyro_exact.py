@@ -32,6 +32,17 @@ def flat_grad(loss, params):
 def gradient_draws(elbo, model, guide, names, num_draws, *args, **kwargs):
     """``num_draws`` independent gradient estimates ``[num_draws, D]`` of the loss."""
     params = param_tensors(names)
+    if not hasattr(elbo, "differentiable_loss"):  # TraceGraph_ELBO: read .grad
+        draws = []
+        for _ in range(num_draws):
+            for p in params:
+                p.grad = None
+            elbo.loss_and_grads(model, guide, *args, **kwargs)
+            draws.append(torch.cat([
+                (torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params]))
+            for p in params:
+                p.grad = None
+        return torch.stack(draws)
     draws = [flat_grad(elbo.differentiable_loss(model, guide, *args, **kwargs), params)
              for _ in range(num_draws)]
     return torch.stack(draws)
