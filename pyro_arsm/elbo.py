@@ -4,6 +4,7 @@ This module is glue: tracing, replay and re-sampling, plate bookkeeping and the 
 The estimator arithmetic lives in :mod:`pyro_arsm.estimators`.
 """
 
+import contextlib
 import warnings
 from collections import namedtuple
 
@@ -42,8 +43,10 @@ _SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits", "rng_state"])
 _Particle = namedtuple(
     "_Particle",
     ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
-     "noise", "max_plate_nesting"],
+     "noise", "max_plate_nesting", "deps"],
 )
+# deps: None (read the dependencies from provenance on the traces) or, when cached, a dict
+# site -> (model_deps, guide_deps, downstream) of frozensets of site names.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +259,12 @@ class ARSM_ELBO(ELBO):
         (default) or sequentially.
     :param bool warn_score_function: warn once about each site that falls back to the
         score-function estimator.
+    :param bool cache_dependencies: find which cost terms depend on which site by provenance
+        tracking once per model structure (site names, types and shapes) and cache it (default);
+        ``False`` tracks provenance on every step, as TraceGraph_ELBO does (slower; needed only if
+        the data flow from a site to the costs changes between steps while the structure does
+        not, e.g. through Python branches on the model's arguments). Models with score-function
+        sites always track provenance.
 
     References
 
@@ -273,6 +282,7 @@ class ARSM_ELBO(ELBO):
         estimator="arsm",
         vectorize_pseudo=True,
         warn_score_function=True,
+        cache_dependencies=True,
         retain_graph=None,
         ignore_jit_warnings=False,
     ):
@@ -290,6 +300,9 @@ class ARSM_ELBO(ELBO):
         self.warn_score_function = warn_score_function
         self._warned_sites = set()
         self._checked_sites = set()
+        self.cache_dependencies = cache_dependencies
+        self._dep_cache = {}
+        self._model_key = None
         #: model evaluations in pseudo passes during the last call (for benchmarks and tests)
         self.last_num_pseudo_evaluations = 0
 
@@ -301,8 +314,13 @@ class ARSM_ELBO(ELBO):
                 "ARSM_ELBO does not support GuideMessenger guides (e.g. AutoNormalMessenger); "
                 "use a callable guide or an AutoGuide."
             )
+        # Dependencies (which costs depend on which site) come from provenance tracking, as in
+        # TraceGraph_ELBO. Tracking every op is slow, so by default it runs once per model
+        # structure, on a replay of the sampled values, and is cached.
+        entry = self._dep_cache.setdefault(
+            self._model_key, {"provenance": not self.cache_dependencies, "deps": {}})
         sampler = _ARSMSampler(record_rng=not self.vectorize_pseudo)
-        with TrackNonReparam():
+        with TrackNonReparam() if entry["provenance"] else contextlib.nullcontext():
             with sampler:
                 raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             raw_model_trace = poutine.trace(
@@ -311,6 +329,20 @@ class ARSM_ELBO(ELBO):
         self._check_sites(raw_model_trace, raw_guide_trace)
         if pyro.infer.util.is_validation_enabled():
             check_model_guide_match(raw_model_trace, raw_guide_trace, self.max_plate_nesting)
+
+        deps = None
+        if not entry["provenance"]:
+            signature = _signature(raw_model_trace, raw_guide_trace)
+            deps = entry["deps"].get(signature)
+            if deps is None:
+                raw_guide_trace, raw_model_trace = _replay_with_provenance(
+                    model, guide, raw_guide_trace, args, kwargs)
+                if _has_score_function_sites(raw_guide_trace):
+                    # TraceGraph's score-function terms read provenance on every step
+                    entry["provenance"] = True
+                else:
+                    deps = _dependencies(raw_model_trace, raw_guide_trace, sampler.noise)
+                    entry["deps"][signature] = deps
 
         guide_trace = prune_subsample_sites(raw_guide_trace)
         model_trace = prune_subsample_sites(raw_model_trace)
@@ -325,7 +357,11 @@ class ARSM_ELBO(ELBO):
         if self.max_plate_nesting != float("inf"):
             nesting = max(nesting, self.max_plate_nesting)
         return _Particle(model, guide, model_trace, guide_trace, raw_guide_trace,
-                         raw_model_trace, sampler.noise, nesting)
+                         raw_model_trace, sampler.noise, nesting, deps)
+
+    def _get_traces(self, model, guide, args, kwargs):
+        self._model_key = (id(model), id(guide))
+        yield from super()._get_traces(model, guide, args, kwargs)
 
     def _get_vectorized_trace(self, model, guide, args, kwargs):
         return self._get_trace(
@@ -463,18 +499,11 @@ class ARSM_ELBO(ELBO):
     def _cost_spec(self, particle, name):
         """Which terms make up the cost of site ``name`` (see :class:`_CostSpec`), and the guide
         sites downstream of it (their value depends on it)."""
-        model_deps = frozenset(
-            n for n, s in particle.model_trace.nodes.items()
-            if s["type"] == "sample" and name in get_provenance(s["log_prob"])
-        )
-        guide_deps = frozenset(
-            n for n, s in particle.guide_trace.nodes.items()
-            if s["type"] == "sample" and name in get_provenance(s["log_prob"])
-        )
-        downstream = frozenset(
-            n for n, s in particle.raw_guide_trace.nodes.items()
-            if s["type"] == "sample" and n != name and name in get_provenance(s["value"])
-        )
+        if particle.deps is not None:
+            model_deps, guide_deps, downstream = particle.deps[name]
+        else:
+            model_deps, guide_deps, downstream = _site_dependencies(
+                particle.model_trace, particle.guide_trace, particle.raw_guide_trace, name)
         model_site = particle.model_trace.nodes.get(name)
         spec = _CostSpec(
             name=name,
@@ -591,7 +620,9 @@ class ARSM_ELBO(ELBO):
         reuse = {n: v for n, v in particle.noise.items() if n in downstream}
         U = values.shape[0]
         n_event = len(cost_shape) - len(batch_shape)
-        with torch.no_grad():
+        # Pseudo values are valid by construction and the real pass was validated: skip the
+        # distributions' argument checks, which cost as much as the decoder on large sites.
+        with torch.no_grad(), pyro.validation_enabled(False):
             if self.vectorize_pseudo:
                 nesting = particle.max_plate_nesting
                 dim = -(nesting + 1)
@@ -630,6 +661,99 @@ class ARSM_ELBO(ELBO):
                                              particle.noise[name].rng_state)
                 costs.append(_combine_costs(shared, own, batch_shape, cost_shape, n_event, name))
             return torch.stack(costs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dependencies
+# ---------------------------------------------------------------------------------------------
+
+
+def _signature(model_trace, guide_trace):
+    """The structure of a pair of traces: site names, kinds and shapes."""
+    return tuple(
+        (n, s["type"], type(s["fn"]).__name__, s["is_observed"],
+         tuple(getattr(s["value"], "shape", ())))
+        for trace in (model_trace, guide_trace)
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample"
+    )
+
+
+def _has_score_function_sites(guide_trace):
+    return any(
+        s["type"] == "sample" and not s["is_observed"] and not isinstance(s["fn"], _Subsample)
+        and not getattr(s["fn"], "has_rsample", False) and _arsm_kind(s["fn"])[0] is None
+        for s in guide_trace.nodes.values()
+    )
+
+
+def _distribution_provenance(fn):
+    """Provenance of all tensors a distribution holds (its parameters, masks, base dists)."""
+    provenance = frozenset()
+    stack = [fn]
+    while stack:
+        d = stack.pop()
+        for value in vars(d).values():
+            if isinstance(value, torch.Tensor):
+                provenance |= get_provenance(value)
+            elif isinstance(value, torch.distributions.Distribution):
+                stack.append(value)
+    return provenance
+
+
+class _ValueProvenance(Messenger):
+    """On a replay, gives each latent value the provenance of its distribution's parameters, as
+    sampling it would have (a value drawn from logits that depend on ``z`` depends on ``z``)."""
+
+    def _pyro_post_sample(self, msg):
+        if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+            return
+        provenance = _distribution_provenance(msg["fn"])
+        if provenance:
+            msg["value"] = track_provenance(msg["value"], provenance)
+
+
+def _replay_with_provenance(model, guide, guide_trace, args, kwargs):
+    """Re-run guide and model on the sampled values with provenance tracking (deterministic:
+    every guide sample site is replayed)."""
+    part = poutine.Trace()
+    for n, s in guide_trace.nodes.items():
+        if s["type"] == "sample" and not s["is_observed"]:
+            part.add_node(n, **s)
+    with TrackNonReparam(), _ValueProvenance():
+        raw_guide_trace = poutine.trace(poutine.replay(guide, trace=part)).get_trace(
+            *args, **kwargs)
+        raw_model_trace = poutine.trace(poutine.replay(model, trace=raw_guide_trace)).get_trace(
+            *args, **kwargs)
+    return raw_guide_trace, raw_model_trace
+
+
+def _site_dependencies(model_trace, guide_trace, raw_guide_trace, name):
+    """From provenance: model and guide sites whose log-prob depends on ``name`` and guide sites
+    downstream of it. ``model_trace`` and ``guide_trace`` have their log-probs computed."""
+    model_deps = frozenset(
+        n for n, s in model_trace.nodes.items()
+        if s["type"] == "sample" and name in get_provenance(s["log_prob"])
+    )
+    guide_deps = frozenset(
+        n for n, s in guide_trace.nodes.items()
+        if s["type"] == "sample" and name in get_provenance(s["log_prob"])
+    )
+    downstream = frozenset(
+        n for n, s in raw_guide_trace.nodes.items()
+        if s["type"] == "sample" and n != name and name in get_provenance(s["value"])
+    )
+    return model_deps, guide_deps, downstream
+
+
+def _dependencies(raw_model_trace, raw_guide_trace, sites):
+    """:func:`_site_dependencies` of every site in ``sites``, from provenance-tracked traces."""
+    model_trace = prune_subsample_sites(raw_model_trace)
+    guide_trace = prune_subsample_sites(raw_guide_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return {name: _site_dependencies(model_trace, guide_trace, raw_guide_trace, name)
+            for name in sites}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -740,8 +864,11 @@ def _pass_cost(guide, model, part, model_subsample, reuse, spec, args, kwargs, r
     target = guide_trace.nodes[name]["cond_indep_stack"]
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob(lambda n, s: n in spec.model_deps or n not in spec.model_names)
-    guide_trace.compute_log_prob(lambda n, s: n in spec.guide_deps or n not in spec.guide_names)
+    # (a .to_event site's own log-prob is computed per element by _site_cost instead)
+    model_trace.compute_log_prob(lambda n, s: (n in spec.model_deps or n not in spec.model_names)
+                                 and not (n == name and spec.own_model))
+    guide_trace.compute_log_prob(lambda n, s: (n in spec.guide_deps or n not in spec.guide_names)
+                                 and not (n == name and spec.own_guide))
     return _site_cost(model_trace, guide_trace, spec, target, pseudo)
 
 

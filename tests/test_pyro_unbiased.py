@@ -306,15 +306,18 @@ def test_unbiased_subsampled_plate_full_data_gradient():
     assert_unbiased(draws, exact, power=0.1, label="subsample_size=2 of 6")
 
 
-@pytest.mark.parametrize("vectorize_pseudo", [True, False])
-def test_unbiased_chained_categoricals(vectorize_pseudo):
+@pytest.mark.parametrize("vectorize_pseudo, cache_dependencies",
+                         [(True, True), (False, True), (True, False)])
+def test_unbiased_chained_categoricals(vectorize_pseudo, cache_dependencies):
     x = torch.tensor(1.3)
     init(chain_model, chain_guide, x)
     names = ["phi1", "phi2", "locs"]
     exact, _ = enum_gradient(chain_model, chain_guide, names, 0, x)
     draws = arsm_draws(chain_model, chain_guide, names, (x,), 0,
-                       draws=40 if vectorize_pseudo else 20, vectorize_pseudo=vectorize_pseudo)
-    assert_unbiased(draws, exact, label=f"chained categoricals, vectorize={vectorize_pseudo}")
+                       draws=40 if vectorize_pseudo else 20, vectorize_pseudo=vectorize_pseudo,
+                       cache_dependencies=cache_dependencies)
+    assert_unbiased(draws, exact, label=f"chained categoricals, vectorize={vectorize_pseudo}, "
+                                        f"cache={cache_dependencies}")
 
 
 @pytest.mark.parametrize("estimator", ["arsm", "ar"])
@@ -364,8 +367,9 @@ def _upstream_reference(names, x):
     return draws.mean(0), draws.std(0) / draws.shape[0] ** 0.5
 
 
-@pytest.mark.parametrize("vectorize_pseudo", [True, False])
-def test_unbiased_reparameterized_site_downstream(vectorize_pseudo):
+@pytest.mark.parametrize("vectorize_pseudo, cache_dependencies",
+                         [(True, True), (False, True), (True, False)])
+def test_unbiased_reparameterized_site_downstream(vectorize_pseudo, cache_dependencies):
     # w ~ q(w | z) must be re-sampled at each pseudo action; replaying it biases the gradient
     x = torch.tensor(1.2)
     init(downstream_model, downstream_guide, x)
@@ -376,8 +380,10 @@ def test_unbiased_reparameterized_site_downstream(vectorize_pseudo):
                          names, 40, x)
     exact, exact_se = ref.mean(0), ref.std(0) / ref.shape[0] ** 0.5
     draws = arsm_draws(downstream_model, downstream_guide, names, (x,), 0,
-                       draws=60 if vectorize_pseudo else 30, vectorize_pseudo=vectorize_pseudo)
-    assert_unbiased(draws, exact, exact_se, label=f"reparam downstream, vectorize={vectorize_pseudo}")
+                       draws=60 if vectorize_pseudo else 30, vectorize_pseudo=vectorize_pseudo,
+                       cache_dependencies=cache_dependencies)
+    assert_unbiased(draws, exact, exact_se, label=f"reparam downstream, vectorize="
+                                                  f"{vectorize_pseudo}, cache={cache_dependencies}")
 
 
 def test_unbiased_model_and_guide_networks():
