@@ -229,7 +229,7 @@ def main():
         t = r["ms_per_step_median"]
         v = r["encoder_grad_variance"]
         lines.append(
-            f"| {method} | {t:.1f} | {t / ref:.2f} | {v:.4g} | {v / tg:.3f} |" if ref and tg else
+            f"| {method} | {t:.1f} | {t / ref:.2f} | {v:.4g} | {v / tg:.3g} |" if ref and tg else
             f"| {method} | {t:.1f} | | {v:.4g} | |"
         )
     table = "\n".join(lines)

@@ -406,3 +406,30 @@ def test_unbiased_masked_elements(how):
     draws = arsm_draws(masked_model, masked_guide, names, (MASK_DATA, None, how), 1)
     assert (draws[:, 3:6] == 0).all()  # phi row 1 is masked out: exactly zero
     assert_unbiased(draws, exact, label=f"mask via {how}")
+
+
+def probs_model(data):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 2.0]))
+    with pyro.plate("data", len(data)):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+        b = pyro.sample("b", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Normal(locs[z] + b, 1.0), obs=data)
+
+
+def probs_guide(data):
+    probs = pyro.param("probs", torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]]),
+                       constraint=dist.constraints.simplex)
+    p = pyro.param("p", torch.tensor([0.3, 0.8]), constraint=dist.constraints.unit_interval)
+    with pyro.plate("data", len(data)):
+        pyro.sample("z", dist.Categorical(probs=probs))
+        pyro.sample("b", dist.Bernoulli(probs=p))
+
+
+def test_unbiased_probs_parameterization():
+    # Categorical(probs=...) and Bernoulli(probs=...): the gradient reaches probs via the logits
+    data = torch.tensor([0.3, 1.8])
+    init(probs_model, probs_guide, data)
+    names = ["probs", "p", "locs"]
+    exact, _ = enum_gradient(probs_model, probs_guide, names, 1, data)
+    draws = arsm_draws(probs_model, probs_guide, names, (data,), 1)
+    assert_unbiased(draws, exact, label="probs-parameterized Categorical and Bernoulli")
