@@ -1,0 +1,416 @@
+"""``ARSM_ELBO``: the ARSM gradient estimator as a drop-in :class:`numpyro.infer.elbo.ELBO`.
+
+This module is glue: tracing, re-running guide and model at pseudo actions, plate bookkeeping and
+the surrogate loss. The estimator arithmetic lives in :mod:`numpyro_arsm.estimators`.
+
+Common random numbers come from the handler order: the guide runs as
+``substitute(seed(guide, key), data={site: pseudo_value})`` under the same key at every pseudo
+action, so every other site draws the same noise (``seed`` hands out keys before ``substitute``
+sets the value). Sites upstream of or independent of the site therefore come out identical to the
+real pass, and sites downstream of it are re-sampled from the same noise at the new value.
+"""
+
+import warnings
+import zlib
+
+import jax
+import jax.numpy as jnp
+from jax import random
+from jax.lax import stop_gradient
+
+from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
+from numpyro.distributions.discrete import (
+    BernoulliLogits,
+    BernoulliProbs,
+    CategoricalLogits,
+    CategoricalProbs,
+)
+from numpyro.handlers import seed, substitute
+from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
+from numpyro.infer.util import get_importance_trace
+from numpyro.primitives import Messenger
+
+from numpyro_arsm import estimators as est
+
+__all__ = ["ARSM_ELBO"]
+
+_ESTIMATORS = ("arsm", "ars", "ar")
+
+
+# ---------------------------------------------------------------------------------------------
+# Site inspection
+# ---------------------------------------------------------------------------------------------
+
+
+def _arsm_kind(fn):
+    """``(kind, base)`` for a categorical / Bernoulli distribution (possibly wrapped by
+    ``.to_event``, ``.expand`` or ``.mask``), else ``(None, None)``."""
+    if getattr(fn, "has_rsample", False):
+        return None, None
+    base = fn
+    while isinstance(base, (Independent, ExpandedDistribution, MaskedDistribution)):
+        base = base.base_dist
+    if isinstance(base, (CategoricalLogits, CategoricalProbs)):
+        return "categorical", base
+    if isinstance(base, (BernoulliLogits, BernoulliProbs)):
+        return "bernoulli", base
+    return None, None
+
+
+def _element_shape(fn):
+    return tuple(fn.batch_shape) + tuple(fn.event_shape)
+
+
+def _site_logits(kind, base, element_shape):
+    logits = base.logits
+    if kind == "bernoulli":
+        return jnp.broadcast_to(logits, element_shape)
+    return jnp.broadcast_to(logits, element_shape + logits.shape[-1:])
+
+
+def _site_hash(name):
+    # a stable per-site integer (Python's hash() is salted per process)
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def _raise_if_not_finite(name, finite):
+    if not bool(finite):
+        raise ValueError(
+            f"ARSM_ELBO: guide site '{name}' has NaN or infinite logits. ARSM needs finite "
+            "logits: check the network or parameters producing them (NaN usually means a "
+            "diverged optimizer), and use a large negative finite logit rather than -inf."
+        )
+
+
+def _check_finite(name, logits):
+    finite = jnp.all(jnp.isfinite(logits))
+    if isinstance(finite, jax.core.Tracer):
+        jax.debug.callback(lambda ok: _raise_if_not_finite(name, ok), finite)
+    else:
+        _raise_if_not_finite(name, finite)
+
+
+class _ARSMSampler(Messenger):
+    """Samples the guide's categorical / Bernoulli sites from their ARSM augmentation.
+
+    A categorical site gets ``pi ~ Dir(1_C)`` and ``argmin(log pi - logits)``; a Bernoulli site
+    gets ``u ~ U(0, 1)`` and ``1[u < sigmoid(logits)]``. The noise comes from
+    ``fold_in(noise_key, hash(name))``: the same at every pass, so a downstream discrete site
+    re-sampled at a pseudo action shares its noise with the real pass. Must wrap ``seed`` from
+    outside, so that ``seed`` still hands a key to the site (keeping the other sites' keys).
+    """
+
+    def __init__(self, fn, noise_key, check_finite=True):
+        super().__init__(fn)
+        self.noise_key = noise_key
+        self.check_finite = check_finite
+        self.noise = {}
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg.get("is_observed") or msg["value"] is not None:
+            return
+        name = msg["name"]
+        enum = (msg.get("infer") or {}).get("enumerate")
+        if enum:
+            raise ValueError(
+                f"ARSM_ELBO: guide site '{name}' is marked for enumeration "
+                f"(infer={{'enumerate': {enum!r}}}). ARSM samples guide sites; remove "
+                "config_enumerate from the guide, or enumerate with TraceEnum_ELBO."
+            )
+        kind, base = _arsm_kind(msg["fn"])
+        if kind is None:
+            return
+        element_shape = _element_shape(msg["fn"])
+        logits = stop_gradient(_site_logits(kind, base, element_shape))
+        if self.check_finite:
+            _check_finite(name, logits)
+        key = random.fold_in(self.noise_key, _site_hash(name))
+        if kind == "bernoulli":
+            noise = est.sample_uniform(key, element_shape, dtype=logits.dtype)
+            value = est.bernoulli_pair(noise, logits)[0].astype(jnp.int32)
+        else:
+            noise = est.sample_log_pi(key, element_shape, logits.shape[-1], dtype=logits.dtype)
+            value = est.categorical_from_log_pi(noise, logits).astype(jnp.int32)
+        msg["value"] = value
+        self.noise[name] = (kind, noise, logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs
+# ---------------------------------------------------------------------------------------------
+
+
+def _elementwise_log_prob(fn, value):
+    """Log-prob of each element of a site, ``[*batch, *event]``, unsummed over event dims."""
+    if isinstance(fn, MaskedDistribution):
+        log_prob = _elementwise_log_prob(fn.base_dist, value)
+        mask = fn._mask
+        if mask is True:
+            return log_prob
+        if mask is False:
+            return jnp.zeros_like(log_prob)
+        mask = mask.reshape(mask.shape + (1,) * (log_prob.ndim - mask.ndim))
+        return jnp.where(mask, log_prob, 0.0)
+    if isinstance(fn, (ExpandedDistribution, Independent)):
+        return jnp.broadcast_to(_elementwise_log_prob(fn.base_dist, value),
+                                _element_shape(fn))
+    return fn.log_prob(value)
+
+
+def _scaled(log_prob, scale):
+    if scale is None:
+        return log_prob
+    scale = jnp.asarray(scale)
+    return log_prob * scale.reshape(scale.shape + (1,) * (log_prob.ndim - scale.ndim))
+
+
+def _site_cost(model_trace, guide_trace, name, model_deps, guide_deps, stack, batch_shape,
+               cost_shape):
+    """The cost of site ``name``: model and guide log-probs that depend on it (scaled, masked),
+    ``sum_to`` its plates, and, for a ``.to_event`` site, its own log-probs per event element.
+
+    :returns: ``[*cost_shape]`` (``batch_shape`` plus the site's event dims when per element).
+    """
+    per_element = len(cost_shape) > len(batch_shape)
+    shared = MultiFrameTensor()
+    own = 0.0
+    for trace, sign, deps in ((model_trace, 1.0, model_deps), (guide_trace, -1.0, guide_deps)):
+        for n, site in trace.items():
+            if site["type"] != "sample" or name not in deps.get(n, ()):
+                continue
+            if n == name and per_element:
+                own = own + sign * _scaled(_elementwise_log_prob(site["fn"], site["value"]),
+                                           site["scale"])
+                continue
+            shared.add((site["cond_indep_stack"], sign * site["log_prob"]))
+    shared = jnp.broadcast_to(shared.sum_to(stack), batch_shape)
+    shared = shared.reshape(batch_shape + (1,) * (len(cost_shape) - len(batch_shape)))
+    return jnp.broadcast_to(shared + own, cost_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ELBO
+# ---------------------------------------------------------------------------------------------
+
+
+class ARSM_ELBO(ELBO):
+    r"""ELBO whose gradient uses the ARSM estimator for the guide's discrete sites.
+
+    A drop-in loss for :class:`numpyro.infer.SVI`, traceable under ``jit``::
+
+        svi = numpyro.infer.SVI(model, guide, optax.adam(1e-3), loss=ARSM_ELBO())
+        result = svi.run(rng_key, 2000, data)
+
+    Each sample site of the guide gets the estimator its distribution allows:
+
+    * ``Categorical`` (logits or probs, inside plates, with ``.to_event``, ``.mask``,
+      ``.expand``): **ARSM** [1]. The same swap ``(m, j)`` applies to all elements of the site, so
+      the ``C(C-1)/2`` pseudo actions besides the true one are evaluated with one ``vmap`` of guide
+      and model (static shapes; ``pseudo_map="map"`` evaluates them with ``lax.map`` in chunks
+      of ``pseudo_batch_size`` to save memory).
+    * ``Bernoulli``: **DisARM** [2] (``estimator="ar"``: AR, one evaluation).
+    * other non-reparameterizable sites: a score-function estimator with plate
+      Rao-Blackwellization (written here; NumPyro 0.22's TraceGraph_ELBO counts the scale of
+      ``handlers.scale`` / subsampled plates twice in it).
+    * reparameterizable sites: pathwise.
+
+    The cost of a site holds the model and guide log-probabilities that depend on it
+    (``get_nonreparam_deps`` provenance), with scale and mask, reduced to the site's plates; a
+    ``.to_event`` site scores each event element with its own log-probabilities plus the shared
+    rest. At a pseudo action the guide is re-run with the same per-site keys: upstream and
+    independent sites are reproduced exactly, downstream sites are re-sampled from the same noise
+    (common random numbers), subsample indices are the same.
+
+    The value of :meth:`loss` is the single-sample ``-ELBO`` (averaged over particles); its
+    gradient is the ARSM estimate (a ``stop_gradient`` surrogate).
+
+    :param int num_particles: number of independent particles averaged.
+    :param vectorize_particles: ``True`` (vmap), ``False`` (lax.map) or a callable, as in NumPyro.
+    :param str estimator: ``"arsm"`` (default, ``C(C-1)/2 + 1`` evaluations), ``"ars"`` (one
+        random reference category, ``C`` evaluations) or ``"ar"`` (1 evaluation).
+    :param str pseudo_map: ``"vmap"`` (default) or ``"map"`` (``lax.map``, less memory).
+    :param int pseudo_batch_size: chunk size for ``pseudo_map="map"``.
+    :param bool check_finite: raise (also under jit) when a site's logits are NaN or infinite.
+
+    References
+
+    [1] M. Yin, Y. Yue, M. Zhou, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for Gradient
+        Backpropagation Through Categorical Variables", ICML 2019.
+    [2] Z. Dong, A. Mnih, G. Tucker, "DisARM: An Antithetic Gradient Estimator for Binary Latent
+        Variables", NeurIPS 2020.
+    """
+
+    can_infer_discrete = True
+
+    def __init__(self, num_particles=1, vectorize_particles=True, estimator="arsm",
+                 pseudo_map="vmap", pseudo_batch_size=None, check_finite=True):
+        if estimator not in _ESTIMATORS:
+            raise ValueError(f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+        if pseudo_map not in ("vmap", "map"):
+            raise ValueError(f"ARSM_ELBO: pseudo_map must be 'vmap' or 'map', got {pseudo_map!r}")
+        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
+        self.estimator = estimator
+        self.pseudo_map = pseudo_map
+        self.pseudo_batch_size = pseudo_batch_size
+        self.check_finite = check_finite
+        self._warned_sites = set()
+
+    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
+        """``-ELBO`` whose gradient is the ARSM estimate.
+
+        :param jax.random.key rng_key: random key.
+        :param dict param_map: current (constrained) parameter values.
+        :param model: NumPyro model.
+        :param guide: NumPyro guide.
+        """
+
+        def single_particle(key):
+            elbo, surrogate = self._particle(key, param_map, model, guide, args, kwargs)
+            return elbo + surrogate - stop_gradient(surrogate)
+
+        if self.num_particles == 1:
+            return -single_particle(rng_key)
+        keys = random.split(rng_key, self.num_particles)
+        return -jnp.mean(self.vectorize_particles_fn(single_particle, keys))
+
+    # --- one particle ------------------------------------------------------------------------
+
+    def _run(self, keys, param_map, model, guide, args, kwargs, substitutions=None):
+        model_key, guide_key, noise_key = keys
+        seeded_guide = seed(guide, guide_key)
+        if substitutions:
+            seeded_guide = substitute(seeded_guide, data=substitutions)
+        sampler = _ARSMSampler(seeded_guide, noise_key, self.check_finite)
+        model_trace, guide_trace = get_importance_trace(
+            seed(model, model_key), sampler, args, kwargs, param_map)
+        return model_trace, guide_trace, sampler.noise
+
+    def _particle(self, rng_key, param_map, model, guide, args, kwargs):
+        model_key, guide_key, noise_key, reference_key = random.split(rng_key, 4)
+        keys = (model_key, guide_key, noise_key)
+        model_trace, guide_trace, noise = self._run(keys, param_map, model, guide, args, kwargs)
+        self._check_sites(model_trace, guide_trace, noise)
+        latents = {
+            n: s["value"] for n, s in guide_trace.items()
+            if s["type"] == "sample" and not s.get("is_observed", False)
+        }
+        model_deps, guide_deps = get_nonreparam_deps(
+            model, guide, args, kwargs, param_map, latents=latents)
+
+        elbo = 0.0
+        for site in model_trace.values():
+            if site["type"] == "sample":
+                elbo = elbo + jnp.sum(site["log_prob"])
+        for site in guide_trace.values():
+            if site["type"] == "sample":
+                log_prob = jnp.sum(site["log_prob"])
+                if not site["fn"].has_rsample:
+                    log_prob = stop_gradient(log_prob)
+                elbo = elbo - log_prob
+
+        surrogate = 0.0
+        for name, site in guide_trace.items():
+            if (site["type"] != "sample" or site.get("is_observed", False)
+                    or site["fn"].has_rsample or name in noise):
+                continue
+            # score function, Rao-Blackwellized over plates; the scale enters once, via the cost
+            batch_shape = tuple(site["fn"].batch_shape)
+            cost = _site_cost(model_trace, guide_trace, name, model_deps, guide_deps,
+                              site["cond_indep_stack"], batch_shape, batch_shape)
+            log_q = site["fn"].log_prob(site["value"])
+            surrogate = surrogate + jnp.sum(log_q * stop_gradient(cost))
+        for i, name in enumerate(noise):
+            grad, logits = self._site_grad(
+                name, keys, random.fold_in(reference_key, i), model_trace, guide_trace, noise,
+                model_deps, guide_deps, param_map, model, guide, args, kwargs)
+            surrogate = surrogate + jnp.sum(stop_gradient(grad) * logits)
+        return elbo, surrogate
+
+    def _site_grad(self, name, keys, reference_key, model_trace, guide_trace, noise, model_deps,
+                   guide_deps, param_map, model, guide, args, kwargs):
+        site = guide_trace[name]
+        fn = site["fn"]
+        kind, base = _arsm_kind(fn)
+        _, site_noise, detached_logits = noise[name]
+        element_shape = _element_shape(fn)
+        logits = _site_logits(kind, base, element_shape)
+        batch_shape = tuple(fn.batch_shape)
+        stack = site["cond_indep_stack"]
+        # A .to_event site's own log-probabilities factorize over its event elements: each
+        # element is scored by its own share of them (the others' do not depend on it).
+        cost_shape = element_shape
+        value_shape = batch_shape + tuple(fn.event_shape)
+
+        def cost_of(model_trace, guide_trace):
+            return stop_gradient(_site_cost(model_trace, guide_trace, name, model_deps,
+                                            guide_deps, stack, batch_shape, cost_shape))
+
+        def pseudo_cost(action):
+            value = action.reshape(value_shape).astype(jnp.int32)
+            model_trace, guide_trace, _ = self._run(
+                keys, param_map, model, guide, args, kwargs, substitutions={name: value})
+            return cost_of(model_trace, guide_trace)
+
+        def pseudo_costs(actions):
+            if self.pseudo_map == "map":
+                return jax.lax.map(pseudo_cost, actions, batch_size=self.pseudo_batch_size)
+            return jax.vmap(pseudo_cost)(actions)
+
+        real_cost = cost_of(model_trace, guide_trace)
+        if kind == "bernoulli":
+            if self.estimator == "ar":
+                return est.bernoulli_ar_grad(real_cost, site_noise), logits
+            b, anti_b = est.bernoulli_pair(site_noise, detached_logits)
+            anti_cost = pseudo_cost(anti_b)
+            return est.disarm_grad(real_cost, anti_cost, b, anti_b, detached_logits), logits
+        C = site_noise.shape[-1]
+        if self.estimator == "ar":
+            return est.ar_grad(real_cost, site_noise), logits
+        if self.estimator == "ars":
+            reference = random.randint(reference_key, (), 0, C)
+            actions = est.pseudo_actions(site_noise, detached_logits,
+                                         est.ars_rows(reference, C))
+            return est.ars_grad(pseudo_costs(actions), site_noise, reference), logits
+        rows = jnp.arange(1, est.num_swap_rows(C))
+        actions = est.pseudo_actions(site_noise, detached_logits, rows)
+        table = jnp.concatenate([real_cost[None], pseudo_costs(actions)])
+        return est.arsm_grad(table, site_noise), logits
+
+    # --- validation --------------------------------------------------------------------------
+
+    def _check_sites(self, model_trace, guide_trace, noise):
+        for name, site in model_trace.items():
+            if site["type"] != "sample":
+                continue
+            guide_site = guide_trace.get(name)
+            if site.get("is_observed", False):
+                if guide_site is not None and guide_site["type"] == "sample":
+                    raise ValueError(
+                        f"ARSM_ELBO: site '{name}' is observed in the model but sampled in the "
+                        "guide. Remove it from the guide (or do not observe it in the model)."
+                    )
+                continue
+            if guide_site is None:
+                if (site.get("infer") or {}).get("enumerate"):
+                    raise ValueError(
+                        f"ARSM_ELBO: model site '{name}' is enumerated in the model and absent "
+                        "from the guide. ARSM needs the discrete latent in the guide: add a guide "
+                        f"site numpyro.sample('{name}', dist.Categorical(...)) and drop the "
+                        "model-side enumeration, or keep TraceEnum_ELBO for this model."
+                    )
+                raise ValueError(
+                    f"ARSM_ELBO: latent site '{name}' of the model is missing from the guide; it "
+                    "would be sampled from the prior and the ELBO would be wrong. Add it to the "
+                    "guide."
+                )
+        for name, site in guide_trace.items():
+            if (site["type"] != "sample" or site.get("is_observed", False)
+                    or site["fn"].has_rsample or name in noise or name in self._warned_sites):
+                continue
+            self._warned_sites.add(name)
+            warnings.warn(
+                f"ARSM_ELBO: guide site '{name}' ({type(site['fn']).__name__}) is neither "
+                "categorical nor Bernoulli; it gets a score-function gradient with plate "
+                "Rao-Blackwellization (unbiased, higher variance).",
+                stacklevel=5,
+            )
