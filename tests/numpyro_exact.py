@@ -1,0 +1,126 @@
+"""Exact references and z-tests for the NumPyro estimators.
+
+NumPyro's TraceEnum_ELBO needs funsor, so the exact reference enumerates by hand: the ELBO is
+``sum_z q(z) E[log p - log q | z]`` over every joint value ``z`` of the guide's discrete sites,
+differentiated with ``jax.grad``. Continuous sites, if any, are sampled with fixed keys; the
+reference is then a Monte Carlo mean with its own standard error (exact over ``z``).
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
+from numpyro.distributions.discrete import CategoricalLogits, CategoricalProbs
+from numpyro.handlers import replay, seed, substitute, trace
+
+Z_MAX = 5.0
+
+
+def _unmasked(fn):
+    """The distribution without its masks (for the enumeration weight q(z))."""
+    if isinstance(fn, MaskedDistribution):
+        return _unmasked(fn.base_dist)
+    if isinstance(fn, Independent):
+        return Independent(_unmasked(fn.base_dist), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, ExpandedDistribution):
+        return _unmasked(fn.base_dist).expand(fn.batch_shape)
+    return fn
+
+
+def _num_values(fn):
+    """Number of values of each element: C for a categorical, 2 for a Bernoulli."""
+    base = fn
+    while hasattr(base, "base_dist"):
+        base = base.base_dist
+    if isinstance(base, (CategoricalLogits, CategoricalProbs)):
+        return base.logits.shape[-1]
+    return 2
+
+
+def enum_loss(model, guide, params, *args, key=None):
+    """``-ELBO`` summed exactly over the guide's discrete sites (continuous sites drawn with
+    ``key``)."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    guide_key, model_key = jax.random.split(key)
+    proto = trace(seed(substitute(guide, data=params), guide_key)).get_trace(*args)
+    discrete = [(n, s) for n, s in proto.items()
+                if s["type"] == "sample" and not s.get("is_observed", False)
+                and s["fn"].support.is_discrete]
+    supports = []
+    for _, site in discrete:
+        shape = jnp.shape(site["value"])
+        num = int(np.prod(shape))
+        values = range(_num_values(site["fn"]))
+        supports.append([jnp.array(v, dtype=jnp.int32).reshape(shape)
+                         for v in itertools.product(values, repeat=num)])
+    total = 0.0
+    for values in itertools.product(*supports):
+        data = {n: v for (n, _), v in zip(discrete, values)}
+        guide_trace = trace(substitute(seed(substitute(guide, data=params), guide_key),
+                                       data=data)).get_trace(*args)
+        model_trace = trace(replay(seed(substitute(model, data=params), model_key),
+                                   guide_trace)).get_trace(*args)
+        log_q_weight = 0.0
+        elbo = 0.0
+        for tr, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+            for n, site in tr.items():
+                if site["type"] != "sample":
+                    continue
+                log_prob = site["fn"].log_prob(site["value"])
+                scale = 1.0 if site["scale"] is None else site["scale"]
+                elbo = elbo + sign * jnp.sum(scale * log_prob)
+                if tr is guide_trace and n in data:
+                    log_q_weight = log_q_weight + jnp.sum(
+                        _unmasked(site["fn"]).log_prob(site["value"]))
+        total = total + jnp.exp(log_q_weight) * elbo
+    return -total
+
+
+def flatten(tree, names):
+    return jnp.concatenate([jnp.ravel(tree[n]) for n in names])
+
+
+def exact_gradient(model, guide, params, names, *args, num_keys=1, seed_=0):
+    """Exact gradient (mean, standard error) of ``-ELBO`` w.r.t. ``params[names]``."""
+    grad = jax.jit(jax.grad(lambda p, k: enum_loss(model, guide, p, *args, key=k)))
+    keys = jax.random.split(jax.random.PRNGKey(seed_ + 12345), num_keys)
+    draws = jnp.stack([flatten(grad(params, k), names) for k in keys])
+    if num_keys == 1:
+        return draws[0], jnp.zeros_like(draws[0])
+    return draws.mean(0), draws.std(0) / np.sqrt(num_keys)
+
+
+def gradient_draws(elbo, model, guide, params, names, num_draws, *args, seed_=0):
+    """``num_draws`` gradient estimates ``[num_draws, D]`` of ``elbo.loss`` (jitted)."""
+    grad = jax.jit(jax.grad(lambda p, k: elbo.loss(k, p, model, guide, *args)))
+    keys = jax.random.split(jax.random.PRNGKey(seed_), num_draws)
+    return jnp.stack([flatten(grad(params, k), names) for k in keys])
+
+
+def z_scores(draws, exact, exact_se=None):
+    draws = np.asarray(draws, dtype=np.float64)
+    exact = np.asarray(exact, dtype=np.float64)
+    se = draws.std(0, ddof=1) / np.sqrt(draws.shape[0])
+    if exact_se is not None:
+        se = np.sqrt(se ** 2 + np.asarray(exact_se, dtype=np.float64) ** 2)
+    # float32 round-off floor: some components are deterministic (e.g. DisARM at logit 0)
+    floor = 1e-5 * max(np.abs(exact).max(), 1.0)
+    return np.abs(draws.mean(0) - exact) / np.sqrt(se ** 2 + floor ** 2), se
+
+
+def assert_unbiased(draws, exact, exact_se=None, power=0.05, label=""):
+    """z-test of the Monte Carlo mean against the exact gradient; the standard error must be
+    below ``power * max|exact|`` so that the test can see a bias (returns the worst z)."""
+    z, se = z_scores(draws, exact, exact_se)
+    scale = np.abs(np.asarray(exact)).max()
+    assert se.max() < power * scale, (
+        f"{label}: standard error {se.max():.3g} too large to test against |exact| {scale:.3g}")
+    worst = float(z.max())
+    print(f"\n[{label}] worst z = {worst:.2f} over {z.size} components, {len(draws)} draws")
+    assert worst < Z_MAX, (
+        f"{label}: biased? worst z {worst:.2f}\nmean  {np.asarray(draws).mean(0)}\n"
+        f"exact {np.asarray(exact)}")
+    return worst

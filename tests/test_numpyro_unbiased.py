@@ -1,0 +1,357 @@
+"""NumPyro ARSM_ELBO gradients are unbiased: Monte Carlo means against exact gradients.
+
+Each draw is ``jax.grad`` of ``ARSM_ELBO(num_particles=K).loss`` under ``jit`` (the mean of K
+vmapped particles); the exact references enumerate the guide's discrete sites by hand
+(``numpyro_exact.enum_loss``).
+"""
+
+import pytest
+
+jax = pytest.importorskip("jax")
+numpyro = pytest.importorskip("numpyro")
+
+import jax.numpy as jnp  # noqa: E402
+
+import numpyro.distributions as dist  # noqa: E402
+from numpyro import handlers  # noqa: E402
+from numpyro_arsm import ARSM_ELBO  # noqa: E402
+from numpyro_exact import assert_unbiased, exact_gradient, gradient_draws  # noqa: E402
+
+
+def check(model, guide, params, names, args, particles=200, draws=40, exact_keys=1,
+          exact_params=None, exact_args=None, scale=1.0, power=0.05, label="", **elbo_kwargs):
+    exact, exact_se = exact_gradient(model, guide, exact_params or params, names,
+                                     *(exact_args if exact_args is not None else args),
+                                     num_keys=exact_keys)
+    elbo = ARSM_ELBO(num_particles=particles, **elbo_kwargs)
+    samples = gradient_draws(elbo, model, guide, params, names, draws, *args)
+    return assert_unbiased(samples, scale * exact, scale * exact_se, power=power, label=label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models (the same families as the Pyro tests)
+# ---------------------------------------------------------------------------------------------
+
+SINGLE = {"locs": jnp.array([-2.0, -1.0, 0.0, 1.0, 2.0]),
+          "phi": jnp.array([0.3, -0.5, 1.0, 0.0, -1.2])}
+
+
+def single_model(x):
+    locs = numpyro.param("locs", SINGLE["locs"])
+    z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(5)))
+    numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=x)
+
+
+def single_guide(x):
+    numpyro.sample("z", dist.Categorical(logits=numpyro.param("phi", SINGLE["phi"])))
+
+
+W_EVENT = jnp.array([[0.5, -1.0, 2.0], [1.0, 0.3, -0.7], [-1.5, 0.8, 0.2]])
+EVENT = {"scale": jnp.array(1.0),
+         "phi": jnp.array([[0.2, -0.4, 0.1], [1.0, 0.0, -0.5], [-0.3, 0.6, 0.0]])}
+
+
+def to_event_model(x):
+    scale = numpyro.param("scale", EVENT["scale"])
+    z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros((3, 3))).to_event(1))
+    h = jnp.take_along_axis(jnp.broadcast_to(W_EVENT, z.shape + (3,)), z[..., None], -1)[..., 0]
+    mean = jnp.tanh(h.sum(-1)) + 0.5 * h[..., 0] * h[..., 1] * h[..., 2]
+    numpyro.sample("x", dist.Normal(mean * scale, 0.5), obs=x)
+
+
+def to_event_guide(x):
+    numpyro.sample("z", dist.Categorical(logits=numpyro.param("phi", EVENT["phi"])).to_event(1))
+
+
+PLATED_DATA = jnp.array([0.0, 1.0, 2.5])
+PLATED = {"locs": jnp.array([-1.0, 0.0, 1.0, 2.0]),
+          "phi": jnp.array([[0.5, -0.5, 0.0, 0.2], [0.0, 1.0, -1.0, 0.0],
+                            [-0.5, 0.0, 0.5, 1.0]])}
+
+
+def plated_model(data, scale=1.0):
+    locs = numpyro.param("locs", PLATED["locs"])
+    with numpyro.plate("data", data.shape[0]), handlers.scale(scale=scale):
+        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(4)))
+        numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+
+
+def plated_guide(data, scale=1.0):
+    phi = numpyro.param("phi", PLATED["phi"])
+    with numpyro.plate("data", data.shape[0]), handlers.scale(scale=scale):
+        numpyro.sample("z", dist.Categorical(logits=phi))
+
+
+SUB_DATA = jnp.array([-1.0, 0.2, 2.1, 0.9, -0.4, 1.7])
+SUB = {"locs": jnp.array([-1.0, 0.5, 2.0]),
+       "phi": jnp.sin(jnp.linspace(-1, 1, 18).reshape(6, 3)) * 2}
+
+
+def subsampled_model(data, subsample_size=None):
+    locs = numpyro.param("locs", SUB["locs"])
+    with numpyro.plate("data", data.shape[0], subsample_size=subsample_size) as idx:
+        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+        numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=data[idx])
+
+
+def subsampled_guide(data, subsample_size=None):
+    phi = numpyro.param("phi", SUB["phi"])
+    with numpyro.plate("data", data.shape[0], subsample_size=subsample_size) as idx:
+        numpyro.sample("z", dist.Categorical(logits=phi[idx]))
+
+
+P_CHAIN = jnp.array([[1.0, 0.0, -1.0], [0.0, 0.5, 0.0], [-1.0, 0.0, 1.0]])
+CHAIN = {"locs": jnp.array([[-2.0, -1.0, 0.0], [0.0, 1.0, 2.0], [1.0, 3.0, -1.0]]),
+         "phi1": jnp.array([0.4, -0.2, 0.0]),
+         "phi2": jnp.array([[1.0, -1.0, 0.0], [0.0, 0.0, 0.5], [-0.5, 1.0, 0.0]])}
+
+
+def chain_model(x):
+    locs = numpyro.param("locs", CHAIN["locs"])
+    z1 = numpyro.sample("z1", dist.Categorical(logits=jnp.array([0.2, -0.3, 0.1])))
+    z2 = numpyro.sample("z2", dist.Categorical(logits=P_CHAIN[z1]))
+    numpyro.sample("x", dist.Normal(locs[z1, z2], 1.0), obs=x)
+
+
+def chain_guide(x):
+    phi2 = numpyro.param("phi2", CHAIN["phi2"])
+    z1 = numpyro.sample("z1", dist.Categorical(logits=numpyro.param("phi1", CHAIN["phi1"])))
+    numpyro.sample("z2", dist.Categorical(logits=phi2[z1]))
+
+
+BERN_DATA = jnp.array([0.0, 1.0, 2.5, -1.0])
+# (no logit exactly 0: jax.grad of NumPyro's Bernoulli log_prob has a kink there, which would
+# spoil the exact reference)
+BERN = {"w": jnp.array([-1.0, 1.5]), "alpha": jnp.array([0.3, -1.0, 0.1, 1.2])}
+
+
+def bernoulli_model(data):
+    w = numpyro.param("w", BERN["w"])
+    with numpyro.plate("data", data.shape[0]):
+        b = numpyro.sample("b", dist.Bernoulli(probs=0.4))
+        numpyro.sample("x", dist.Normal(w[b], 1.0), obs=data)
+
+
+def bernoulli_guide(data):
+    alpha = numpyro.param("alpha", BERN["alpha"])
+    with numpyro.plate("data", data.shape[0]):
+        numpyro.sample("b", dist.Bernoulli(logits=alpha))
+
+
+BERN_EVENT = {"v": jnp.array([1.0, -2.0, 0.5]), "alpha": jnp.array([0.5, -0.3, 1.0])}
+
+
+def bernoulli_event_model(x):
+    v = numpyro.param("v", BERN_EVENT["v"])
+    b = numpyro.sample("b", dist.Bernoulli(probs=0.5 * jnp.ones(3)).to_event(1))
+    mean = jnp.tanh((b * v).sum(-1)) + b[..., 0] * b[..., 1]
+    numpyro.sample("x", dist.Normal(mean, 0.5), obs=x)
+
+
+def bernoulli_event_guide(x):
+    numpyro.sample("b", dist.Bernoulli(logits=numpyro.param("alpha", BERN_EVENT["alpha"]))
+                   .to_event(1))
+
+
+UP = {"locs": jnp.array([-1.0, 0.0, 1.5]), "mu": jnp.array(0.3),
+      "a": jnp.array([1.0, -0.5, 0.2]), "b": jnp.array([0.1, 0.2, -0.3])}
+
+
+def upstream_model(x):
+    locs = numpyro.param("locs", UP["locs"])
+    u = numpyro.sample("u", dist.Normal(0.0, 1.0))
+    z = numpyro.sample("z", dist.Categorical(logits=jnp.stack([u, -u, 0.5 * u], -1)))
+    numpyro.sample("x", dist.Normal(locs[z] + u, 1.0), obs=x)
+
+
+def upstream_guide(x):
+    u = numpyro.sample("u", dist.Normal(numpyro.param("mu", UP["mu"]), 0.8))
+    logits = numpyro.param("a", UP["a"]) * u[..., None] + numpyro.param("b", UP["b"])
+    numpyro.sample("z", dist.Categorical(logits=logits))
+
+
+DOWN = {"locs": jnp.array([-1.0, 0.5, 2.0]), "phi": jnp.array([0.2, -0.3, 0.5]),
+        "m": jnp.array([0.0, 1.0, -1.0])}
+
+
+def downstream_model(x):
+    locs = numpyro.param("locs", DOWN["locs"])
+    z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+    w = numpyro.sample("w", dist.Normal(locs[z], 1.0))
+    numpyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+
+def downstream_guide(x):
+    z = numpyro.sample("z", dist.Categorical(logits=numpyro.param("phi", DOWN["phi"])))
+    numpyro.sample("w", dist.Normal(numpyro.param("m", DOWN["m"])[z], 0.7))
+
+
+VAE_DATA = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+_k1, _k2 = jax.random.split(jax.random.PRNGKey(1))
+VAE = {"enc_w": 0.5 * jax.random.normal(_k1, (4, 3)), "enc_b": jnp.zeros(3),
+       "dec_w": 0.5 * jax.random.normal(_k2, (3, 4)), "dec_b": jnp.zeros(4)}
+
+
+def vae_model(x):
+    w, b = numpyro.param("dec_w", VAE["dec_w"]), numpyro.param("dec_b", VAE["dec_b"])
+    with numpyro.plate("data", x.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+        logits = jax.nn.one_hot(z, 3) @ w + b
+        numpyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+
+def vae_guide(x):
+    w, b = numpyro.param("enc_w", VAE["enc_w"]), numpyro.param("enc_b", VAE["enc_b"])
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("z", dist.Categorical(logits=x @ w + b))
+
+
+MASK = jnp.array([True, False, True, True])
+MASK_DATA = jnp.array([0.0, 1.0, 2.5, -1.0])
+MASKED = {"locs": jnp.array([-1.0, 0.0, 1.0]),
+          "phi": jnp.array([[0.5, -0.5, 0.0], [0.0, 1.0, -1.0], [-0.5, 0.0, 0.5],
+                            [1.0, 0.0, 0.0]])}
+
+
+def masked_model(data, mask=MASK, how="handler"):
+    locs = numpyro.param("locs", MASKED["locs"])
+    with numpyro.plate("data", data.shape[0]):
+        prior = dist.Categorical(logits=jnp.zeros(3))
+        if how == "handler":
+            with handlers.mask(mask=mask):
+                z = numpyro.sample("z", prior)
+                numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+        else:
+            z = numpyro.sample("z", prior.mask(mask))
+            numpyro.sample("x", dist.Normal(locs[z], 1.0).mask(mask), obs=data)
+
+
+def masked_guide(data, mask=MASK, how="handler"):
+    phi = numpyro.param("phi", MASKED["phi"])
+    with numpyro.plate("data", data.shape[0]):
+        if how == "handler":
+            with handlers.mask(mask=mask):
+                numpyro.sample("z", dist.Categorical(logits=phi))
+        else:
+            numpyro.sample("z", dist.Categorical(logits=phi).mask(mask))
+
+
+PROBS = {"locs": jnp.array([-1.0, 0.5, 2.0]),
+         "probs": jnp.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]]), "p": jnp.array([0.3, 0.8])}
+
+
+def probs_model(data):
+    locs = numpyro.param("locs", PROBS["locs"])
+    with numpyro.plate("data", data.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+        b = numpyro.sample("b", dist.Bernoulli(probs=0.5))
+        numpyro.sample("x", dist.Normal(locs[z] + b, 1.0), obs=data)
+
+
+def probs_guide(data):
+    probs = numpyro.param("probs", PROBS["probs"])
+    p = numpyro.param("p", PROBS["p"])
+    with numpyro.plate("data", data.shape[0]):
+        numpyro.sample("z", dist.Categorical(probs=probs))
+        numpyro.sample("b", dist.Bernoulli(probs=p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", ["arsm", "ars"])
+def test_unbiased_single_categorical(estimator):
+    check(single_model, single_guide, SINGLE, ["phi", "locs"], (jnp.array(0.7),),
+          estimator=estimator, label=f"numpyro single categorical, {estimator}")
+
+
+@pytest.mark.parametrize("pseudo_map", ["vmap", "map"])
+def test_unbiased_to_event_non_separable(pseudo_map):
+    check(to_event_model, to_event_guide, EVENT, ["phi", "scale"], (jnp.array(0.4),),
+          pseudo_map=pseudo_map, pseudo_batch_size=4,
+          label=f"numpyro to_event, pseudo_map={pseudo_map}")
+
+
+def test_unbiased_plate_under_handlers_scale():
+    # the scaled ELBO is 2.5 x the unscaled one (reference independent of scale handling)
+    check(plated_model, plated_guide, PLATED, ["phi", "locs"], (PLATED_DATA, 2.5),
+          exact_args=(PLATED_DATA,), scale=2.5, label="numpyro plate + handlers.scale(2.5)")
+
+
+def test_unbiased_subsampled_plate_full_data_gradient():
+    check(subsampled_model, subsampled_guide, SUB, ["phi", "locs"], (SUB_DATA, 2),
+          exact_args=(SUB_DATA,), particles=50, draws=300, power=0.1,
+          label="numpyro subsample_size=2 of 6")
+
+
+def test_unbiased_chained_categoricals():
+    check(chain_model, chain_guide, CHAIN, ["phi1", "phi2", "locs"], (jnp.array(1.3),),
+          label="numpyro chained categoricals")
+
+
+@pytest.mark.parametrize("estimator", ["arsm", "ar"])
+def test_unbiased_bernoulli_plate(estimator):
+    check(bernoulli_model, bernoulli_guide, BERN, ["alpha", "w"], (BERN_DATA,),
+          draws=40 if estimator == "arsm" else 100, estimator=estimator,
+          label=f"numpyro Bernoulli plate, {estimator}")
+
+
+def test_unbiased_bernoulli_to_event_non_separable():
+    check(bernoulli_event_model, bernoulli_event_guide, BERN_EVENT, ["alpha", "v"],
+          (jnp.array(0.3),), label="numpyro Bernoulli to_event")
+
+
+def test_unbiased_reparameterized_site_upstream():
+    check(upstream_model, upstream_guide, UP, ["mu", "a", "b", "locs"], (jnp.array(0.9),),
+          draws=60, exact_keys=4000, label="numpyro reparameterized site upstream")
+
+
+def test_unbiased_reparameterized_site_downstream():
+    # w ~ q(w | z) is re-sampled (same noise) at each pseudo action
+    check(downstream_model, downstream_guide, DOWN, ["phi", "m", "locs"], (jnp.array(1.2),),
+          draws=60, exact_keys=4000, label="numpyro reparameterized site downstream")
+
+
+def test_unbiased_model_and_guide_weights():
+    check(vae_model, vae_guide, VAE, ["enc_w", "enc_b", "dec_w", "dec_b"], (VAE_DATA,),
+          label="numpyro encoder and decoder weights")
+
+
+@pytest.mark.parametrize("how", ["handler", "distribution"])
+def test_unbiased_masked_elements(how):
+    keep = jnp.array([0, 2, 3])
+    # masked elements drop out of the ELBO: exact = the unmasked data alone
+    exact_params = {"locs": MASKED["locs"], "phi": MASKED["phi"]}
+
+    def sub_guide(data, mask=True, how=how):
+        phi = numpyro.param("phi", MASKED["phi"])
+        with numpyro.plate("data", data.shape[0]):
+            numpyro.sample("z", dist.Categorical(logits=phi[keep]))
+
+    exact, _ = exact_gradient(masked_model, sub_guide, exact_params, ["phi", "locs"],
+                              MASK_DATA[keep], True, how)
+    elbo = ARSM_ELBO(num_particles=200)
+    draws = gradient_draws(elbo, masked_model, masked_guide, MASKED, ["phi", "locs"], 40,
+                           MASK_DATA, MASK, how)
+    assert (draws[:, 3:6] == 0).all()  # element 1 is masked out: exactly zero
+    assert_unbiased(draws, exact, label=f"numpyro mask via {how}")
+
+
+def test_unbiased_probs_parameterization():
+    # probs live on the simplex: compare the gradients' components along it (row-centred), as a
+    # simplex-constrained numpyro.param would see them
+    names = ["probs", "p", "locs"]
+    data = (jnp.array([0.3, 1.8]),)
+    exact, _ = exact_gradient(probs_model, probs_guide, PROBS, names, *data)
+    draws = gradient_draws(ARSM_ELBO(num_particles=200), probs_model, probs_guide, PROBS, names,
+                           40, *data)
+
+    def centre(g):
+        block = g[..., :6].reshape(g.shape[:-1] + (2, 3))
+        block = block - block.mean(-1, keepdims=True)
+        return jnp.concatenate([block.reshape(g.shape[:-1] + (6,)), g[..., 6:]], -1)
+
+    assert_unbiased(centre(draws), centre(exact),
+                    label="numpyro probs-parameterized Categorical and Bernoulli")
