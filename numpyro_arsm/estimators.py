@@ -1,0 +1,363 @@
+"""ARSM, ARS, AR, ARM and DisARM gradient estimators in plain ``jax.numpy`` (no NumPyro).
+
+A port of :mod:`pyro_arsm.estimators` with the same names, argument order and shape conventions;
+the shared JSON vectors in ``tests/data/parity_vectors.json`` pin the two to each other. The only
+difference is the randomness: functions that draw random numbers take a ``jax.random`` key as
+their first argument.
+
+Notation follows Yin, Yue & Zhou, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for
+Gradient Backpropagation Through Categorical Variables" (ICML 2019, arXiv:1905.01413).
+
+A categorical variable with logits ``phi`` of shape ``[..., C]`` is sampled by Dirichlet
+augmentation: ``pi ~ Dirichlet(1_C)`` and ``z = argmin_i (log pi_i - phi_i)`` (the Gumbel-max
+trick in disguise). Swapping entries ``m`` and ``j`` of ``pi`` gives the pseudo action
+``z^{m<->j}``. With ``F[m, j] = f(z^{m<->j})`` (symmetric, ``f(z)`` on the diagonal) the ARSM
+estimate of ``d E[f(z)] / d phi`` is::
+
+    g = (F - colmean(F)) @ (1/C - pi)
+
+A site with many elements (a plate, or ``.to_event``) applies the *same* swap to every element,
+so all pseudo actions of a site are indexed by the ``C(C-1)/2 + 1`` unordered swaps
+(``m < j``, plus the identity). This module represents them as *swap rows*: row 0 is the
+identity (the true action) and row ``p >= 1`` is one pair ``(m, j)``, ``m < j``. Functions that
+take a table of costs take it as ``pseudo_costs[p, ...]``, one cost per swap row, and rebuild the
+symmetric ``C x C`` table ``F`` with :func:`pair_index`.
+
+All functions broadcast over arbitrary leading batch dimensions and are traceable by
+``jax.jit`` / ``jax.vmap``: every shape depends only on static shapes and on ``C``, the swap
+tables are constants, and the ARS reference category may be a traced integer. The costs are
+treated as constants by the callers.
+
+For Bernoulli variables the module offers ARM (Yin & Zhou, ICLR 2019), which is ARSM with
+``C = 2``, and its Rao-Blackwellization DisARM (Dong, Mnih & Tucker, NeurIPS 2020).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "sample_log_pi",
+    "categorical_from_log_pi",
+    "num_swap_rows",
+    "swap_permutations",
+    "pair_index",
+    "pseudo_actions",
+    "swap_table",
+    "arsm_grad",
+    "ars_grad",
+    "ar_grad",
+    "ars_rows",
+    "sample_uniform",
+    "bernoulli_pair",
+    "arm_grad",
+    "disarm_grad",
+    "bernoulli_ar_grad",
+    "arsm_gradient",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_log_pi(key, shape, num_categories, dtype=jnp.float32):
+    """Draw ``log pi`` with ``pi ~ Dirichlet(1_C)``, computed in log space.
+
+    ``pi = eps / sum(eps)`` with ``eps_i ~ Exp(1)`` iid, so
+    ``log pi = log eps - log sum eps``; no ``log(pi + 1e-10)`` clamp is needed.
+
+    :param key: a ``jax.random`` key.
+    :param shape: batch shape ``[...]``.
+    :param int num_categories: ``C``.
+    :returns: array of shape ``[..., C]``.
+    """
+    shape = tuple(shape) + (num_categories,)
+    eps = jax.random.exponential(key, shape, dtype=dtype)
+    # exponential can return exactly 0 (from a uniform draw of 0); keep the log finite.
+    log_eps = jnp.log(jnp.maximum(eps, jnp.finfo(eps.dtype).tiny))
+    return log_eps - jax.nn.logsumexp(log_eps, axis=-1, keepdims=True)
+
+
+def categorical_from_log_pi(log_pi, logits):
+    """The true action ``z = argmin_i (log pi_i - phi_i)``.
+
+    :param log_pi: ``[..., C]``.
+    :param logits: ``[..., C]`` (broadcastable to ``log_pi``).
+    :returns: integer array ``[...]``; ``P(z = c) = softmax(phi)_c``.
+    """
+    return jnp.argmin(log_pi - logits, axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Swap rows
+# ---------------------------------------------------------------------------------------------
+
+
+def num_swap_rows(num_categories):
+    """``C(C-1)/2 + 1``: the number of distinct swaps of a ``C``-vector, identity included."""
+    return num_categories * (num_categories - 1) // 2 + 1
+
+
+@functools.lru_cache(maxsize=None)
+def _swap_tables(num_categories):
+    # Cached as numpy (not jax) arrays: a jax array first created inside a trace must not be
+    # cached, and numpy constants are embedded in any trace for free.
+    C = num_categories
+    perms = [list(range(C))]
+    index = [[0] * C for _ in range(C)]
+    for m in range(C):
+        for j in range(m + 1, C):
+            perm = list(range(C))
+            perm[m], perm[j] = j, m
+            index[m][j] = index[j][m] = len(perms)
+            perms.append(perm)
+    perms = np.array(perms, dtype=np.int32)
+    index = np.array(index, dtype=np.int32)
+    perms.flags.writeable = False
+    index.flags.writeable = False
+    return perms, index
+
+
+def swap_permutations(num_categories):
+    """Permutations of the ``C`` categories, one per swap row.
+
+    :returns: int32 array ``[P, C]`` with ``P = C(C-1)/2 + 1``; row 0 is the identity and row
+        ``pair_index(C)[m, j]`` exchanges ``m`` and ``j``. ``log_pi[..., perm[p]]`` is
+        ``log pi`` with the swap of row ``p`` applied.
+    """
+    return jnp.asarray(_swap_tables(num_categories)[0])
+
+
+def pair_index(num_categories):
+    """The swap row of each ordered pair: ``[C, C]`` int32, symmetric, zero on the diagonal.
+
+    ``F = pseudo_costs[pair_index(C)]`` rebuilds the symmetric ARSM table from one cost per
+    swap row, because ``z^{m<->j} = z^{j<->m}`` and ``z^{m<->m} = z``.
+    """
+    return jnp.asarray(_swap_tables(num_categories)[1])
+
+
+def pseudo_actions(log_pi, logits, rows=None):
+    """Pseudo actions ``z^{m<->j} = argmin_i (log pi^{m<->j}_i - phi_i)`` for swap rows.
+
+    The same swap is applied to every element of the batch, as the multivariate ARSM
+    requires (all elements of one site share the pair ``(m, j)``).
+
+    :param log_pi: ``[..., C]``.
+    :param logits: ``[..., C]``, broadcastable to ``log_pi``.
+    :param rows: optional integer array ``[R]`` of swap rows to compute (default: all ``P``);
+        may be traced (e.g. :func:`ars_rows` of a traced reference).
+    :returns: integer array ``[R, ...]``; row ``r`` is the action under swap ``rows[r]``.
+        Row 0 of the full table is the true action.
+    """
+    C = log_pi.shape[-1]
+    perms = swap_permutations(C)
+    if rows is not None:
+        perms = jnp.take(perms, rows, axis=0)
+    swapped = log_pi[..., perms]  # [..., R, C]
+    actions = jnp.argmin(swapped - jnp.expand_dims(logits, -2), axis=-1)  # [..., R]
+    return jnp.moveaxis(actions, -1, 0)
+
+
+def swap_table(pseudo_costs, num_categories):
+    """Symmetric ARSM table ``F[m, j, ...] = f(z^{m<->j})`` from one cost per swap row.
+
+    :param pseudo_costs: ``[P, ...]``.
+    :returns: ``[C, C, ...]``.
+    """
+    return jnp.asarray(pseudo_costs)[pair_index(num_categories)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Categorical estimators
+# ---------------------------------------------------------------------------------------------
+
+
+def _pad_costs(costs, lead, batch_ndim):
+    # A cost may have fewer trailing dims than the variable it scores (a to_event site: one
+    # cost per batch element, shared by its event elements). Right-pad so they broadcast.
+    costs = jnp.asarray(costs)
+    extra = lead + batch_ndim - costs.ndim
+    if extra > 0:
+        costs = jnp.reshape(costs, costs.shape + (1,) * extra)
+    return costs
+
+
+def arsm_grad(pseudo_costs, log_pi):
+    """ARSM estimate of ``d E[f(z)] / d phi`` (the "merge" over all reference categories).
+
+    ``g_m = sum_j (F[m, j] - (1/C) sum_m' F[m', j]) (1/C - pi_j)``, i.e.
+    ``g = (F - colmean(F)) @ (1/C - pi)`` (arsm.md section 1.4; section 2 for a shared swap).
+
+    :param pseudo_costs: ``[P, *b]`` costs ``f`` at the ``P = C(C-1)/2 + 1`` swap rows
+        (:func:`pseudo_actions`); ``*b`` must broadcast against ``log_pi.shape[:-1]`` after
+        right-padding (a cost shared by the trailing event dims of a ``to_event`` site).
+    :param log_pi: ``[..., C]`` the augmenting Dirichlet draw.
+    :returns: ``[..., C]``; sums to zero over the last dim (up to rounding).
+    """
+    C = log_pi.shape[-1]
+    pseudo_costs = jnp.asarray(pseudo_costs)
+    if pseudo_costs.shape[0] != num_swap_rows(C):
+        raise ValueError(
+            f"arsm_grad expects {num_swap_rows(C)} swap rows for C={C}, "
+            f"got pseudo_costs of shape {tuple(pseudo_costs.shape)}"
+        )
+    pseudo_costs = _pad_costs(pseudo_costs, 1, log_pi.ndim - 1)
+    F = swap_table(pseudo_costs, C)  # [C(m), C(j), ...]
+    F = F - F.mean(0, keepdims=True)  # centre over the swapped category m, per reference j
+    F = jnp.moveaxis(F, (0, 1), (-2, -1))  # [..., m, j]
+    weights = jnp.expand_dims(1.0 / C - jnp.exp(log_pi), -2)  # [..., 1, j]
+    return (F * weights).sum(-1)
+
+
+def ars_rows(reference, num_categories):
+    """Swap rows ``z^{m<->j}``, ``m = 0..C-1``, needed by ARS with reference category ``j``.
+
+    :param reference: ``j``, a Python int or a traced integer scalar.
+    :returns: int32 array ``[C]``; entry ``reference`` is row 0 (the true action).
+    """
+    return jnp.take(pair_index(num_categories), reference, axis=1)
+
+
+def ars_grad(reference_costs, log_pi, reference):
+    """ARS estimate with a single reference category ``j`` (Swap without Merge).
+
+    ``g_m = (f(z^{m<->j}) - (1/C) sum_m' f(z^{m'<->j})) (1 - C pi_j)`` (arsm.md section 1.3).
+    Unbiased when ``j`` is drawn independently of ``pi`` (e.g. uniformly).
+
+    :param reference_costs: ``[C, *b]``: ``reference_costs[m] = f(z^{m<->j})``
+        (rows :func:`ars_rows`).
+    :param log_pi: ``[..., C]``.
+    :param reference: ``j``, a Python int or a traced integer scalar.
+    :returns: ``[..., C]``.
+    """
+    C = log_pi.shape[-1]
+    reference_costs = _pad_costs(reference_costs, 1, log_pi.ndim - 1)
+    centred = reference_costs - reference_costs.mean(0, keepdims=True)
+    centred = jnp.moveaxis(centred, 0, -1)  # [..., m]
+    weight = 1.0 - C * jnp.exp(jnp.take(log_pi, reference, axis=-1))
+    return centred * jnp.expand_dims(weight, -1)
+
+
+def ar_grad(cost, log_pi):
+    """AR (Augment-REINFORCE) estimate ``g_c = f(z) (1 - C pi_c)`` (arsm.md section 1.2).
+
+    One evaluation of ``f``, high variance. (The official code's pre-2020 ``(1 - pi_c)`` weight
+    is biased; this is the corrected form.)
+
+    :param cost: ``[*b]`` the cost at the true action.
+    :param log_pi: ``[..., C]``.
+    """
+    C = log_pi.shape[-1]
+    cost = _pad_costs(cost, 0, log_pi.ndim - 1)
+    return jnp.expand_dims(cost, -1) * (1.0 - C * jnp.exp(log_pi))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bernoulli estimators
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_uniform(key, shape, dtype=jnp.float32):
+    """``u ~ Uniform(0, 1)`` of the given shape (the Bernoulli augmentation)."""
+    return jax.random.uniform(key, tuple(shape), dtype=dtype)
+
+
+def bernoulli_pair(u, logits):
+    """The sample ``b = 1[u < sigmoid(a)]`` and its antithetic ``b~ = 1[1 - u < sigmoid(a)]``.
+
+    Both are ``Bernoulli(sigmoid(a))``. Returned as floating arrays (NumPyro's value dtype).
+    """
+    p = jax.nn.sigmoid(logits)
+    return (u < p).astype(p.dtype), ((1.0 - u) < p).astype(p.dtype)
+
+
+def arm_grad(cost, anti_cost, u):
+    """ARM estimate (Yin & Zhou 2019) of ``d E[f(b)] / d a``: ``(f(b~) - f(b)) (u - 1/2)``.
+
+    This is ARSM with ``C = 2`` on logits ``(a, 0)`` (arsm.md section 1.6).
+
+    :param cost: ``f(b)``, ``[*b]``.
+    :param anti_cost: ``f(b~)``, ``[*b]``.
+    :param u: ``[...]``, the uniform that generated ``b`` and ``b~`` (:func:`bernoulli_pair`).
+    """
+    u = jnp.asarray(u)
+    return _pad_costs(jnp.asarray(anti_cost) - cost, 0, u.ndim) * (u - 0.5)
+
+
+def disarm_grad(cost, anti_cost, b, anti_b, logits):
+    """DisARM estimate (Dong, Mnih & Tucker 2020) of ``d E[f(b)] / d a`` (arsm.md section 10).
+
+    ``g_k = 1/2 (f(b) - f(b~)) (-1)^{b~_k} 1[b_k != b~_k] sigmoid(|a_k|)``; for a vector
+    ``b`` with a joint ``f`` the pair is formed for all elements at once. Zero wherever
+    ``b == b~``.
+
+    :param cost: ``f(b)``, ``[*b]`` (broadcast over trailing event dims of ``b``).
+    :param anti_cost: ``f(b~)``.
+    :param b: ``[...]`` sample (0./1.).
+    :param anti_b: ``[...]`` antithetic sample.
+    :param logits: ``[...]``.
+    """
+    b = jnp.asarray(b)
+    diff = _pad_costs(jnp.asarray(cost) - anti_cost, 0, b.ndim)
+    sign = 1.0 - 2.0 * anti_b
+    return 0.5 * diff * sign * (b != anti_b).astype(diff.dtype) * jax.nn.sigmoid(jnp.abs(logits))
+
+
+def bernoulli_ar_grad(cost, u):
+    """AR for a Bernoulli with logit ``a`` (``C = 2`` with logits ``(a, 0)``): ``f(b) (1 - 2u)``."""
+    u = jnp.asarray(u)
+    return _pad_costs(cost, 0, u.ndim) * (1.0 - 2.0 * u)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convenience: logits + f -> gradient (outside any PPL, e.g. reinforcement learning)
+# ---------------------------------------------------------------------------------------------
+
+
+def arsm_gradient(key, logits, f, estimator="arsm", return_action=False):
+    """Estimate ``d E_{z ~ Cat(softmax(logits))}[f(z)] / d logits`` for one categorical site.
+
+    Traceable by ``jax.jit`` when ``f``, ``estimator`` and ``return_action`` are static.
+
+    :param key: a ``jax.random`` key.
+    :param logits: ``[..., C]``; every element of the batch is one categorical, and all of them
+        share each swap (the multivariate ARSM).
+    :param callable f: maps actions of shape ``[R, ...]`` (integer) to costs ``[R, *b]`` where
+        ``*b`` broadcasts against ``logits.shape[:-1]`` (use a per-element cost when elements are
+        independent, a scalar per row for a joint ``f``). Called once, with all needed rows.
+    :param str estimator: ``"arsm"`` (``C(C-1)/2 + 1`` rows), ``"ars"`` (``C`` rows, random
+        reference) or ``"ar"`` (1 row).
+    :returns: ``g`` of shape ``[..., C]`` (and the true action if ``return_action``).
+
+    Example::
+
+        >>> logits = jnp.zeros(3)
+        >>> g = arsm_gradient(jax.random.PRNGKey(0), logits, lambda z: (z == 2) * 1.0)
+        >>> g.shape
+        (3,)
+    """
+    if estimator not in ("arsm", "ars", "ar"):
+        raise ValueError(f"estimator must be 'arsm', 'ars' or 'ar', got {estimator!r}")
+    logits = jax.lax.stop_gradient(jnp.asarray(logits))
+    C = logits.shape[-1]
+    key_pi, key_reference = jax.random.split(key)
+    log_pi = sample_log_pi(key_pi, logits.shape[:-1], C, dtype=logits.dtype)
+    if estimator == "arsm":
+        actions = pseudo_actions(log_pi, logits)
+        g = arsm_grad(f(actions), log_pi)
+    elif estimator == "ars":
+        reference = jax.random.randint(key_reference, (), 0, C)
+        rows = ars_rows(reference, C)
+        actions = pseudo_actions(log_pi, logits, rows)
+        g = ars_grad(f(actions), log_pi, reference)
+    else:
+        actions = jnp.expand_dims(categorical_from_log_pi(log_pi, logits), 0)
+        g = ar_grad(f(actions)[0], log_pi)
+    if return_action:
+        return g, categorical_from_log_pi(log_pi, logits)
+    return g
