@@ -236,6 +236,11 @@ def ars_grad(reference_costs, log_pi, reference):
     :returns: ``[..., C]``.
     """
     C = log_pi.shape[-1]
+    if reference_costs.shape[0] != C:
+        raise ValueError(
+            f"ars_grad expects C={C} rows (ars_rows), got reference_costs of shape "
+            f"{tuple(reference_costs.shape)}"
+        )
     reference_costs = _pad_costs(reference_costs, 1, log_pi.ndim - 1)
     centred = reference_costs - reference_costs.mean(0, keepdims=True)
     centred = jnp.moveaxis(centred, 0, -1)  # [..., m]

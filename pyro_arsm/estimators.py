@@ -181,7 +181,7 @@ def arsm_grad(pseudo_costs, log_pi):
         (:func:`pseudo_actions`); ``*b`` must broadcast against ``log_pi.shape[:-1]`` after
         right-padding (a cost shared by the trailing event dims of a ``to_event`` site).
     :param log_pi: ``[..., C]`` the augmenting Dirichlet draw.
-    :returns: ``[..., C]``; sums to zero over the last dim exactly.
+    :returns: ``[..., C]``; sums to zero over the last dim (up to rounding).
     """
     C = log_pi.shape[-1]
     if pseudo_costs.shape[0] != num_swap_rows(C):
@@ -218,6 +218,11 @@ def ars_grad(reference_costs, log_pi, reference):
     :returns: ``[..., C]``.
     """
     C = log_pi.shape[-1]
+    if reference_costs.shape[0] != C:
+        raise ValueError(
+            f"ars_grad expects C={C} rows (ars_rows), got reference_costs of shape "
+            f"{tuple(reference_costs.shape)}"
+        )
     reference_costs = _pad_costs(reference_costs, 1, log_pi.dim() - 1)
     centred = reference_costs - reference_costs.mean(0, keepdim=True)
     centred = centred.movedim(0, -1)  # [..., m]
