@@ -43,6 +43,7 @@ def test_loss_value_is_the_negative_elbo():
     assert abs(losses.mean() - exact) < Z_MAX * losses.std(ddof=1) / np.sqrt(10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, guide, params, args, exact_args, scale, label", [
     (plated_model, plated_guide, PLATED, (PLATED_DATA, 2.5), (PLATED_DATA,), 2.5,
      "handlers.scale(2.5)"),
@@ -69,6 +70,7 @@ def test_scale_counts_once_where_numpyro_tracegraph_counts_it_twice(
     assert abs(ratio - factor) < 0.2 * factor
 
 
+@pytest.mark.slow
 def test_svi_run_under_jit_converges_on_a_mixture():
     true_locs = jnp.array([-4.0, 0.0, 4.0])
     noise = jax.random.normal(jax.random.PRNGKey(3), (60,))

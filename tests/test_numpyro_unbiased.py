@@ -280,6 +280,7 @@ def test_unbiased_plate_under_handlers_scale():
           exact_args=(PLATED_DATA,), scale=2.5, label="numpyro plate + handlers.scale(2.5)")
 
 
+@pytest.mark.slow
 def test_unbiased_subsampled_plate_full_data_gradient():
     check(subsampled_model, subsampled_guide, SUB, ["phi", "locs"], (SUB_DATA, 2),
           exact_args=(SUB_DATA,), particles=50, draws=300, power=0.1,
@@ -303,11 +304,13 @@ def test_unbiased_bernoulli_to_event_non_separable():
           (jnp.array(0.3),), label="numpyro Bernoulli to_event")
 
 
+@pytest.mark.slow
 def test_unbiased_reparameterized_site_upstream():
     check(upstream_model, upstream_guide, UP, ["mu", "a", "b", "locs"], (jnp.array(0.9),),
           draws=60, exact_keys=4000, label="numpyro reparameterized site upstream")
 
 
+@pytest.mark.slow
 def test_unbiased_reparameterized_site_downstream():
     # w ~ q(w | z) is re-sampled (same noise) at each pseudo action
     check(downstream_model, downstream_guide, DOWN, ["phi", "m", "locs"], (jnp.array(1.2),),

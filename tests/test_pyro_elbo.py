@@ -38,6 +38,7 @@ def _fresh():
     pyro.clear_param_store()
 
 
+@pytest.mark.slow
 def test_unbiased_without_vectorized_particles():
     # the plain path: one particle per call, and a sequential loop over three particles
     init(plated_model, plated_guide, PLATED_DATA)

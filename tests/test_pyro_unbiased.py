@@ -296,6 +296,7 @@ def test_unbiased_plate_under_poutine_scale():
     assert_unbiased(draws, 2.5 * exact, label="plate + poutine.scale(2.5)")
 
 
+@pytest.mark.slow
 def test_unbiased_subsampled_plate_full_data_gradient():
     init(subsampled_model, subsampled_guide, SUB_DATA)
     names = ["phi", "locs"]

@@ -31,6 +31,7 @@ def per_particle_variance(elbo, model, guide, names, args):
     return (draws.var(0) * K).sum().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "label, model, guide, args, mpn, bound",
     [
