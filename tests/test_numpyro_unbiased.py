@@ -358,3 +358,30 @@ def test_unbiased_probs_parameterization():
 
     assert_unbiased(centre(draws), centre(exact),
                     label="numpyro probs-parameterized Categorical and Bernoulli")
+
+
+NESTED_DATA = jnp.array([[0.3, -1.0], [2.0, 0.5]])
+NESTED = {"locs": jnp.array([-1.0, 0.5, 1.5]), "psi": jnp.array([0.3, -0.2]),
+          "phi": jnp.array([[[0.5, -0.5, 0.0], [0.0, 1.0, -1.0]],
+                            [[-0.5, 0.0, 0.5], [1.0, 0.0, 0.0]]])}
+
+
+def nested_model(data):
+    locs = numpyro.param("locs", NESTED["locs"])
+    g = numpyro.sample("g", dist.Categorical(logits=jnp.zeros(2)))
+    with numpyro.plate("rows", 2, dim=-2), numpyro.plate("cols", 2, dim=-1):
+        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+        numpyro.sample("x", dist.Normal(locs[z] + g, 1.0), obs=data)
+
+
+def nested_guide(data):
+    g = numpyro.sample("g", dist.Categorical(logits=numpyro.param("psi", NESTED["psi"])))
+    phi = numpyro.param("phi", NESTED["phi"])
+    with numpyro.plate("rows", 2, dim=-2), numpyro.plate("cols", 2, dim=-1):
+        numpyro.sample("z", dist.Categorical(logits=phi + 0.5 * g))
+
+
+@pytest.mark.slow
+def test_unbiased_nested_plates_under_a_global_categorical():
+    check(nested_model, nested_guide, NESTED, ["phi", "psi", "locs"], (NESTED_DATA,),
+          label="numpyro nested plates + global categorical")

@@ -434,3 +434,32 @@ def test_unbiased_probs_parameterization():
     exact, _ = enum_gradient(probs_model, probs_guide, names, 1, data)
     draws = arsm_draws(probs_model, probs_guide, names, (data,), 1)
     assert_unbiased(draws, exact, label="probs-parameterized Categorical and Bernoulli")
+
+
+NESTED_DATA = torch.tensor([[0.3, -1.0], [2.0, 0.5]])
+
+
+def nested_model(data):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 1.5]))
+    g = pyro.sample("g", dist.Categorical(logits=torch.zeros(2)))
+    with pyro.plate("rows", 2, dim=-2), pyro.plate("cols", 2, dim=-1):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+        pyro.sample("x", dist.Normal(locs[z] + g.float(), 1.0), obs=data)
+
+
+def nested_guide(data):
+    phi = pyro.param("phi", torch.tensor([[[0.5, -0.5, 0.0], [0.0, 1.0, -1.0]],
+                                          [[-0.5, 0.0, 0.5], [1.0, 0.0, 0.0]]]))
+    g = pyro.sample("g", dist.Categorical(logits=pyro.param("psi", torch.tensor([0.3, -0.2]))))
+    with pyro.plate("rows", 2, dim=-2), pyro.plate("cols", 2, dim=-1):
+        pyro.sample("z", dist.Categorical(logits=phi + 0.5 * g.float().unsqueeze(-1)))
+
+
+@pytest.mark.parametrize("mpn", [2, float("inf")])
+def test_unbiased_nested_plates_under_a_global_categorical(mpn):
+    # the global site's cost holds every plated term; the local sites are downstream of it
+    init(nested_model, nested_guide, NESTED_DATA)
+    names = ["phi", "psi", "locs"]
+    exact, _ = enum_gradient(nested_model, nested_guide, names, 2, NESTED_DATA)
+    draws = arsm_draws(nested_model, nested_guide, names, (NESTED_DATA,), mpn)
+    assert_unbiased(draws, exact, label=f"nested plates + global categorical, mpn={mpn}")
