@@ -34,7 +34,7 @@ from numpyro_arsm import estimators as est
 
 __all__ = ["ARSM_ELBO"]
 
-_ESTIMATORS = ("arsm", "ars", "ar")
+_ESTIMATORS = ("arsm", "ars", "ar", "rloo")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +227,12 @@ class ARSM_ELBO(ELBO):
     :param int num_particles: number of independent particles averaged.
     :param vectorize_particles: ``True`` (vmap), ``False`` (lax.map) or a callable, as in NumPyro.
     :param str estimator: ``"arsm"`` (default, ``C(C-1)/2 + 1`` evaluations), ``"ars"`` (one
-        random reference category, ``C`` evaluations) or ``"ar"`` (1 evaluation).
+        random reference category, ``C`` evaluations), ``"ar"`` (1 evaluation) or ``"rloo"``
+        (REINFORCE with leave-one-out baselines over ``num_rloo_samples`` independent samples of
+        the site, evaluated with the same ``vmap``: the equal-budget competitor). Bernoulli
+        sites: DisARM, AR for ``"ar"``, RLOO for ``"rloo"``.
+    :param int num_rloo_samples: samples per site for ``"rloo"`` (default: the ARSM budget,
+        ``C(C-1)/2 + 1`` for a categorical site, 2 for a Bernoulli site).
     :param str pseudo_map: ``"vmap"`` (default) or ``"map"`` (``lax.map``, less memory).
     :param int pseudo_batch_size: chunk size for ``pseudo_map="map"``.
     :param bool check_finite: raise (also under jit) when a site's logits are NaN or infinite.
@@ -243,13 +248,17 @@ class ARSM_ELBO(ELBO):
     can_infer_discrete = True
 
     def __init__(self, num_particles=1, vectorize_particles=True, estimator="arsm",
-                 pseudo_map="vmap", pseudo_batch_size=None, check_finite=True):
+                 num_rloo_samples=None, pseudo_map="vmap", pseudo_batch_size=None,
+                 check_finite=True):
         if estimator not in _ESTIMATORS:
             raise ValueError(f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
         if pseudo_map not in ("vmap", "map"):
             raise ValueError(f"ARSM_ELBO: pseudo_map must be 'vmap' or 'map', got {pseudo_map!r}")
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
+        if num_rloo_samples is not None and num_rloo_samples < 2:
+            raise ValueError("ARSM_ELBO: num_rloo_samples must be at least 2")
         self.estimator = estimator
+        self.num_rloo_samples = num_rloo_samples
         self.pseudo_map = pseudo_map
         self.pseudo_batch_size = pseudo_batch_size
         self.check_finite = check_finite
@@ -357,6 +366,26 @@ class ARSM_ELBO(ELBO):
             return jax.vmap(pseudo_cost)(actions)
 
         real_cost = cost_of(model_trace, guide_trace)
+        if self.estimator == "rloo":
+            # n independent samples (the real one first), evaluated like pseudo actions
+            sample_key = random.fold_in(reference_key, 1)
+            if kind == "bernoulli":
+                n = self.num_rloo_samples or 2
+                u = est.sample_uniform(sample_key, (n - 1,) + element_shape,
+                                       dtype=detached_logits.dtype)
+                b = est.bernoulli_pair(site_noise, detached_logits)[0]
+                samples = jnp.concatenate(
+                    [b[None], (u < jax.nn.sigmoid(detached_logits)).astype(b.dtype)])
+                costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
+                return est.bernoulli_rloo_grad(costs, samples, detached_logits), logits
+            C = site_noise.shape[-1]
+            n = self.num_rloo_samples or est.num_swap_rows(C)
+            extra = est.sample_log_pi(sample_key, (n - 1,) + element_shape, C,
+                                      dtype=detached_logits.dtype)
+            samples = est.categorical_from_log_pi(
+                jnp.concatenate([site_noise[None], extra]), detached_logits)
+            costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
+            return est.rloo_grad(costs, samples, detached_logits), logits
         if kind == "bernoulli":
             if self.estimator == "ar":
                 return est.bernoulli_ar_grad(real_cost, site_noise), logits

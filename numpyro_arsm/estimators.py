@@ -55,6 +55,8 @@ __all__ = [
     "arm_grad",
     "disarm_grad",
     "bernoulli_ar_grad",
+    "rloo_grad",
+    "bernoulli_rloo_grad",
     "arsm_gradient",
 ]
 
@@ -320,11 +322,51 @@ def bernoulli_ar_grad(cost, u):
 
 
 # ---------------------------------------------------------------------------------------------
+# REINFORCE with leave-one-out baselines (the equal-budget competitor)
+# ---------------------------------------------------------------------------------------------
+
+
+def _leave_one_out(costs):
+    # f_i - (1/(n-1)) sum_{j != i} f_j
+    n = costs.shape[0]
+    if n < 2:
+        raise ValueError(f"leave-one-out baselines need at least 2 samples, got {n}")
+    return costs - (costs.sum(0, keepdims=True) - costs) / (n - 1)
+
+
+def rloo_grad(costs, actions, logits):
+    """REINFORCE with leave-one-out baselines (RLOO; Kool, van Hoof & Welling 2019) for ``n``
+    independent samples ``z_i`` of a categorical with logits ``phi``:
+
+    ``g = (1/n) sum_i (f(z_i) - (1/(n-1)) sum_{j != i} f(z_j)) (onehot(z_i) - softmax(phi))``.
+
+    :param costs: ``[n, *b]`` (right-padded like :func:`arsm_grad`'s costs).
+    :param actions: integer ``[n, ...]``, the samples.
+    :param logits: ``[..., C]``.
+    :returns: ``[..., C]``.
+    """
+    C = logits.shape[-1]
+    centred = _pad_costs(_leave_one_out(costs), 1, logits.ndim - 1)
+    score = jax.nn.one_hot(actions, C, dtype=logits.dtype) - jax.nn.softmax(logits, -1)
+    return (centred[..., None] * score).mean(0)
+
+
+def bernoulli_rloo_grad(costs, samples, logits):
+    """RLOO for ``n`` independent samples ``b_i`` of a Bernoulli with logit ``a``:
+    ``(1/n) sum_i (f(b_i) - mean_{j != i} f(b_j)) (b_i - sigmoid(a))``.
+
+    :param costs: ``[n, *b]``; :param samples: ``[n, ...]`` (0/1); :param logits: ``[...]``.
+    """
+    centred = _pad_costs(_leave_one_out(costs), 1, logits.ndim)
+    return (centred * (samples - jax.nn.sigmoid(logits))).mean(0)
+
+
+# ---------------------------------------------------------------------------------------------
 # Convenience: logits + f -> gradient (outside any PPL, e.g. reinforcement learning)
 # ---------------------------------------------------------------------------------------------
 
 
-def arsm_gradient(key, logits, f, estimator="arsm", return_action=False):
+def arsm_gradient(key, logits, f, estimator="arsm", return_action=False, num_samples=None):
     """Estimate ``d E_{z ~ Cat(softmax(logits))}[f(z)] / d logits`` for one categorical site.
 
     Traceable by ``jax.jit`` when ``f``, ``estimator`` and ``return_action`` are static.
@@ -336,7 +378,8 @@ def arsm_gradient(key, logits, f, estimator="arsm", return_action=False):
         ``*b`` broadcasts against ``logits.shape[:-1]`` (use a per-element cost when elements are
         independent, a scalar per row for a joint ``f``). Called once, with all needed rows.
     :param str estimator: ``"arsm"`` (``C(C-1)/2 + 1`` rows), ``"ars"`` (``C`` rows, random
-        reference) or ``"ar"`` (1 row).
+        reference), ``"ar"`` (1 row) or ``"rloo"`` (``num_samples`` independent samples,
+        default ``C(C-1)/2 + 1``, with leave-one-out baselines).
     :returns: ``g`` of shape ``[..., C]`` (and the true action if ``return_action``).
 
     Example::
@@ -346,8 +389,8 @@ def arsm_gradient(key, logits, f, estimator="arsm", return_action=False):
         >>> g.shape
         (3,)
     """
-    if estimator not in ("arsm", "ars", "ar"):
-        raise ValueError(f"estimator must be 'arsm', 'ars' or 'ar', got {estimator!r}")
+    if estimator not in ("arsm", "ars", "ar", "rloo"):
+        raise ValueError(f"estimator must be 'arsm', 'ars', 'ar' or 'rloo', got {estimator!r}")
     logits = jax.lax.stop_gradient(jnp.asarray(logits))
     C = logits.shape[-1]
     key_pi, key_reference = jax.random.split(key)
@@ -360,6 +403,12 @@ def arsm_gradient(key, logits, f, estimator="arsm", return_action=False):
         rows = ars_rows(reference, C)
         actions = pseudo_actions(log_pi, logits, rows)
         g = ars_grad(f(actions), log_pi, reference)
+    elif estimator == "rloo":
+        n = num_swap_rows(C) if num_samples is None else num_samples
+        extra = sample_log_pi(key_reference, (n - 1,) + logits.shape[:-1], C, dtype=logits.dtype)
+        actions = jnp.concatenate([categorical_from_log_pi(log_pi, logits)[None],
+                                   categorical_from_log_pi(extra, logits)])
+        g = rloo_grad(f(actions), actions, logits)
     else:
         actions = jnp.expand_dims(categorical_from_log_pi(log_pi, logits), 0)
         g = ar_grad(f(actions)[0], log_pi)

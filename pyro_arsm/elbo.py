@@ -30,7 +30,7 @@ from pyro_arsm import estimators as est
 __all__ = ["ARSM_ELBO"]
 
 _PSEUDO_PLATE = "_arsm_pseudo_actions"
-_ESTIMATORS = ("arsm", "ars", "ar")
+_ESTIMATORS = ("arsm", "ars", "ar", "rloo")
 
 # What the sampler learns about one ARSM site of the guide.
 #   kind: "categorical" | "onehot" | "bernoulli"
@@ -253,8 +253,12 @@ class ARSM_ELBO(ELBO):
     :param bool vectorize_particles: vectorize over particles with an outer plate.
     :param str estimator: ``"arsm"`` (default; all ``C(C-1)/2 + 1`` swaps, merged), ``"ars"`` (one
         random reference category: ``C`` evaluations) or ``"ar"`` (1 evaluation, no pseudo pass;
-        much higher variance). Applies to categorical sites; Bernoulli sites use DisARM for
-        ``"arsm"``/``"ars"`` and AR for ``"ar"``.
+        much higher variance), or ``"rloo"``: REINFORCE with leave-one-out baselines over
+        ``num_rloo_samples`` independent samples of the site (Kool et al. 2019), evaluated in the
+        same batched pass, the equal-budget competitor. Applies to categorical sites; Bernoulli
+        sites use DisARM for ``"arsm"``/``"ars"``, AR for ``"ar"`` and RLOO for ``"rloo"``.
+    :param int num_rloo_samples: samples per site for ``estimator="rloo"`` (default: the ARSM
+        budget, ``C(C-1)/2 + 1`` for a categorical site, 2 for a Bernoulli site).
     :param bool vectorize_pseudo: evaluate all pseudo actions of a site in one batched pass
         (default) or sequentially.
     :param bool warn_score_function: warn once about each site that falls back to the
@@ -280,6 +284,7 @@ class ARSM_ELBO(ELBO):
         max_plate_nesting=float("inf"),
         vectorize_particles=False,
         estimator="arsm",
+        num_rloo_samples=None,
         vectorize_pseudo=True,
         warn_score_function=True,
         cache_dependencies=True,
@@ -296,6 +301,9 @@ class ARSM_ELBO(ELBO):
             ignore_jit_warnings=ignore_jit_warnings,
         )
         self.estimator = estimator
+        self.num_rloo_samples = num_rloo_samples
+        if num_rloo_samples is not None and num_rloo_samples < 2:
+            raise ValueError("ARSM_ELBO: num_rloo_samples must be at least 2")
         self.vectorize_pseudo = vectorize_pseudo
         self.warn_score_function = warn_score_function
         self._warned_sites = set()
@@ -539,24 +547,35 @@ class ARSM_ELBO(ELBO):
             name)
 
         # The actions each estimator needs, as whole-site vectors [R, *elements].
+        true_row = 0
         if kind == "bernoulli":
             b, anti_b = est.bernoulli_pair(noise.noise, noise.logits)
             if self.estimator == "ar":
                 return est.bernoulli_ar_grad(real_cost, noise.noise), logits
-            actions = torch.stack([b, anti_b])
-            true_row = 0
+            if self.estimator == "rloo":
+                n = self.num_rloo_samples or 2
+                u = est.sample_uniform((n - 1,) + element_shape, dtype=b.dtype, device=b.device)
+                actions = torch.cat([b.unsqueeze(0), (u < torch.sigmoid(noise.logits)).to(b.dtype)])
+            else:
+                actions = torch.stack([b, anti_b])
         else:
             C = noise.noise.shape[-1]
             if self.estimator == "ar":
                 return est.ar_grad(real_cost, noise.noise), logits
-            if self.estimator == "ars":
-                reference = int(torch.randint(C, ()))
-                rows = est.ars_rows(reference, C, device=logits.device)
-                true_row = reference
+            if self.estimator == "rloo":
+                # n independent samples (the real one first): RLOO at a chosen budget
+                n = self.num_rloo_samples or est.num_swap_rows(C)
+                extra = est.sample_log_pi((n - 1,) + element_shape, C, dtype=logits.dtype,
+                                          device=logits.device)
+                actions = est.categorical_from_log_pi(
+                    torch.cat([noise.noise.unsqueeze(0), extra]), noise.logits)
             else:
                 rows = None
-                true_row = 0
-            actions = est.pseudo_actions(noise.noise, noise.logits, rows)
+                if self.estimator == "ars":
+                    reference = int(torch.randint(C, ()))
+                    rows = est.ars_rows(reference, C, device=logits.device)
+                    true_row = reference
+                actions = est.pseudo_actions(noise.noise, noise.logits, rows)
 
         # Evaluate f once per distinct whole-site vector; the true action reuses the real pass.
         flat = actions.reshape(actions.shape[0], -1)
@@ -591,6 +610,10 @@ class ARSM_ELBO(ELBO):
             unique_costs[others] = costs
         table = unique_costs[inverse]  # [R, *cost_shape]
 
+        if self.estimator == "rloo":
+            if kind == "bernoulli":
+                return est.bernoulli_rloo_grad(table, actions, noise.logits), logits
+            return est.rloo_grad(table, actions, noise.logits), logits
         if kind == "bernoulli":
             return est.disarm_grad(table[0], table[1], b, anti_b, noise.logits), logits
         if self.estimator == "ars":

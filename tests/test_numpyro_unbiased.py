@@ -261,7 +261,7 @@ def probs_guide(data):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("estimator", ["arsm", "ars"])
+@pytest.mark.parametrize("estimator", ["arsm", "ars", "rloo"])
 def test_unbiased_single_categorical(estimator):
     check(single_model, single_guide, SINGLE, ["phi", "locs"], (jnp.array(0.7),),
           estimator=estimator, label=f"numpyro single categorical, {estimator}")
@@ -292,10 +292,10 @@ def test_unbiased_chained_categoricals():
           label="numpyro chained categoricals")
 
 
-@pytest.mark.parametrize("estimator", ["arsm", "ar"])
+@pytest.mark.parametrize("estimator", ["arsm", "ar", "rloo"])
 def test_unbiased_bernoulli_plate(estimator):
     check(bernoulli_model, bernoulli_guide, BERN, ["alpha", "w"], (BERN_DATA,),
-          draws=40 if estimator == "arsm" else 100, estimator=estimator,
+          draws=100 if estimator == "ar" else 40, estimator=estimator,
           label=f"numpyro Bernoulli plate, {estimator}")
 
 
@@ -385,3 +385,10 @@ def nested_guide(data):
 def test_unbiased_nested_plates_under_a_global_categorical():
     check(nested_model, nested_guide, NESTED, ["phi", "psi", "locs"], (NESTED_DATA,),
           label="numpyro nested plates + global categorical")
+
+
+@pytest.mark.parametrize("num_rloo_samples", [None, 8])
+def test_unbiased_rloo_on_to_event(num_rloo_samples):
+    check(to_event_model, to_event_guide, EVENT, ["phi", "scale"], (jnp.array(0.4),),
+          estimator="rloo", num_rloo_samples=num_rloo_samples,
+          label=f"numpyro RLOO({num_rloo_samples}) to_event")

@@ -66,6 +66,8 @@ def _check_categorical(est, real, integer, to_numpy, case):
     _close(to_numpy(est.ars_grad(real(case["reference_costs"]), log_pi, reference)),
            case["ars_grad"], "ars_grad", case)
     _close(to_numpy(est.ar_grad(real(case["cost"]), log_pi)), case["ar_grad"], "ar_grad", case)
+    _close(to_numpy(est.rloo_grad(real(case["pseudo_costs"]), integer(case["pseudo_actions"]),
+                                  logits)), case["rloo_grad"], "rloo_grad", case)
 
 
 def _check_bernoulli(est, real, to_numpy, case):
@@ -82,6 +84,10 @@ def _check_bernoulli(est, real, to_numpy, case):
     _close(to_numpy(est.arm_grad(cost, anti_cost, u)), case["arm_grad"], "arm_grad", case)
     _close(to_numpy(est.bernoulli_ar_grad(cost, u)), case["bernoulli_ar_grad"],
            "bernoulli_ar_grad", case)
+    samples = real(np.stack([case["b"], case["anti_b"]]))
+    costs = real(np.stack([case["cost"], case["anti_cost"]]))
+    _close(to_numpy(est.bernoulli_rloo_grad(costs, samples, logits)),
+           case["bernoulli_rloo_grad"], "bernoulli_rloo_grad", case)
 
 
 def _names(cases):

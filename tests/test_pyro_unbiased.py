@@ -256,7 +256,7 @@ def masked_guide(data, keep=None, how="poutine"):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("estimator", ["arsm", "ars"])
+@pytest.mark.parametrize("estimator", ["arsm", "ars", "rloo"])
 def test_unbiased_single_categorical(estimator):
     x = torch.tensor(0.7)
     init(single_model, single_guide, x)
@@ -321,14 +321,14 @@ def test_unbiased_chained_categoricals(vectorize_pseudo, cache_dependencies):
                                         f"cache={cache_dependencies}")
 
 
-@pytest.mark.parametrize("estimator", ["arsm", "ar"])
+@pytest.mark.parametrize("estimator", ["arsm", "ar", "rloo"])
 def test_unbiased_bernoulli_plate(estimator):
     data = torch.tensor([0.0, 1.0, 2.5, -1.0])
     init(bernoulli_model, bernoulli_guide, data)
     names = ["alpha", "w"]
     exact, _ = enum_gradient(bernoulli_model, bernoulli_guide, names, 1, data)
     draws = arsm_draws(bernoulli_model, bernoulli_guide, names, (data,), 1,
-                       draws=40 if estimator == "arsm" else 100, estimator=estimator)
+                       draws=100 if estimator == "ar" else 40, estimator=estimator)
     assert_unbiased(draws, exact, label=f"Bernoulli plate, {estimator}")
 
 
@@ -463,3 +463,22 @@ def test_unbiased_nested_plates_under_a_global_categorical(mpn):
     exact, _ = enum_gradient(nested_model, nested_guide, names, 2, NESTED_DATA)
     draws = arsm_draws(nested_model, nested_guide, names, (NESTED_DATA,), mpn)
     assert_unbiased(draws, exact, label=f"nested plates + global categorical, mpn={mpn}")
+
+
+@pytest.mark.parametrize("num_rloo_samples", [None, 8])
+def test_unbiased_rloo_on_to_event_and_plates(num_rloo_samples):
+    # RLOO shares the pseudo-pass machinery: independent samples instead of swaps
+    x = torch.tensor(0.4)
+    init(to_event_model, to_event_guide, x)
+    names = ["phi", "scale"]
+    exact = brute_force_gradient(to_event_model, to_event_guide, names, x)
+    draws = arsm_draws(to_event_model, to_event_guide, names, (x,), 0, estimator="rloo",
+                       num_rloo_samples=num_rloo_samples)
+    assert_unbiased(draws, exact, label=f"RLOO({num_rloo_samples}) to_event")
+    pyro.clear_param_store()
+    init(onehot_model, onehot_guide, torch.tensor([0.3, 1.8]))
+    names = ["phi", "locs"]
+    exact, _ = enum_gradient(onehot_model, onehot_guide, names, 1, torch.tensor([0.3, 1.8]))
+    draws = arsm_draws(onehot_model, onehot_guide, names, (torch.tensor([0.3, 1.8]),), 1,
+                       estimator="rloo", num_rloo_samples=num_rloo_samples)
+    assert_unbiased(draws, exact, label=f"RLOO({num_rloo_samples}) one-hot plate")
