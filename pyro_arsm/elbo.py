@@ -565,10 +565,11 @@ class ARSM_ELBO(ELBO):
             if self.estimator == "rloo":
                 # n independent samples (the real one first): RLOO at a chosen budget
                 n = self.num_rloo_samples or est.num_swap_rows(C)
-                extra = est.sample_log_pi((n - 1,) + element_shape, C, dtype=logits.dtype,
-                                          device=logits.device)
-                actions = est.categorical_from_log_pi(
-                    torch.cat([noise.noise.unsqueeze(0), extra]), noise.logits)
+                probs = noise.logits.softmax(-1).reshape(-1, C)
+                extra = torch.multinomial(probs, n - 1, replacement=True)  # [elements, n-1]
+                extra = extra.T.reshape((n - 1,) + element_shape)
+                true_action = est.categorical_from_log_pi(noise.noise, noise.logits)
+                actions = torch.cat([true_action.unsqueeze(0), extra])
             else:
                 rows = None
                 if self.estimator == "ars":

@@ -323,10 +323,13 @@ def rloo_grad(costs, actions, logits):
     :param logits: ``[..., C]``.
     :returns: ``[..., C]``.
     """
-    C = logits.shape[-1]
+    n = costs.shape[0]
     centred = _pad_costs(_leave_one_out(costs), 1, logits.dim() - 1)
-    score = torch.nn.functional.one_hot(actions, C).to(logits.dtype) - logits.softmax(-1)
-    return (centred.unsqueeze(-1) * score).mean(0)
+    # The leave-one-out-centred costs sum to zero over the samples, so the softmax part of the
+    # score cancels: g = (1/n) sum_i centred_i onehot(z_i), a scatter-add.
+    centred = centred.expand(actions.shape).movedim(0, -1).to(logits.dtype)
+    grad = logits.new_zeros(actions.shape[1:] + logits.shape[-1:])
+    return grad.scatter_add_(-1, actions.movedim(0, -1), centred) / n
 
 
 def bernoulli_rloo_grad(costs, samples, logits):
