@@ -380,10 +380,12 @@ class ARSM_ELBO(ELBO):
                 return est.bernoulli_rloo_grad(costs, samples, detached_logits), logits
             C = site_noise.shape[-1]
             n = self.num_rloo_samples or est.num_swap_rows(C)
-            extra = est.sample_log_pi(sample_key, (n - 1,) + element_shape, C,
-                                      dtype=detached_logits.dtype)
-            samples = est.categorical_from_log_pi(
-                jnp.concatenate([site_noise[None], extra]), detached_logits)
+            # inverse-CDF draws: one uniform per sample instead of C exponentials
+            cdf = jnp.cumsum(jax.nn.softmax(detached_logits, -1), -1)[..., :-1]
+            u = random.uniform(sample_key, (n - 1,) + element_shape, dtype=cdf.dtype)
+            extra = (u[..., None] > cdf).sum(-1).astype(jnp.int32)
+            true_action = est.categorical_from_log_pi(site_noise, detached_logits)
+            samples = jnp.concatenate([true_action[None].astype(jnp.int32), extra])
             costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
             return est.rloo_grad(costs, samples, detached_logits), logits
         if kind == "bernoulli":

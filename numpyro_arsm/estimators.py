@@ -347,8 +347,9 @@ def rloo_grad(costs, actions, logits):
     """
     C = logits.shape[-1]
     centred = _pad_costs(_leave_one_out(costs), 1, logits.ndim - 1)
-    score = jax.nn.one_hot(actions, C, dtype=logits.dtype) - jax.nn.softmax(logits, -1)
-    return (centred[..., None] * score).mean(0)
+    # The leave-one-out-centred costs sum to zero over the samples, so the softmax part of the
+    # score cancels: g = (1/n) sum_i centred_i onehot(z_i).
+    return (centred[..., None] * jax.nn.one_hot(actions, C, dtype=logits.dtype)).mean(0)
 
 
 def bernoulli_rloo_grad(costs, samples, logits):
