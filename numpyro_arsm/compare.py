@@ -49,7 +49,7 @@ def _static_evaluations(name, model, guide, params, args, kwargs):
         if name == "arsm":
             total += 1 if kind == "bernoulli" else C * (C - 1) // 2
         elif name == "ars":
-            total += 1 if kind == "bernoulli" else C
+            total += 1 if kind == "bernoulli" else C - 1
         elif name.startswith("rloo"):
             n = int(name.split(":")[1]) if ":" in name else (2 if kind == "bernoulli"
                                                               else C * (C - 1) // 2 + 1)

@@ -399,9 +399,14 @@ class ARSM_ELBO(ELBO):
             return est.ar_grad(real_cost, site_noise), logits
         if self.estimator == "ars":
             reference = random.randint(reference_key, (), 0, C)
-            actions = est.pseudo_actions(site_noise, detached_logits,
-                                         est.ars_rows(reference, C))
-            return est.ars_grad(pseudo_costs(actions), site_noise, reference), logits
+            # the C - 1 swaps m <-> j, m != j (static shape); m == j is the true action
+            others = jnp.arange(C - 1)
+            others = jnp.where(others < reference, others, others + 1)
+            rows = jnp.take(est.ars_rows(reference, C), others)
+            costs = pseudo_costs(est.pseudo_actions(site_noise, detached_logits, rows))
+            table = jnp.zeros((C,) + costs.shape[1:], costs.dtype)
+            table = table.at[others].set(costs).at[reference].set(real_cost)
+            return est.ars_grad(table, site_noise, reference), logits
         rows = jnp.arange(1, est.num_swap_rows(C))
         actions = est.pseudo_actions(site_noise, detached_logits, rows)
         table = jnp.concatenate([real_cost[None], pseudo_costs(actions)])

@@ -1,0 +1,93 @@
+"""Smoke tests of ``examples/categorical_vae.py``: each backend, layer count and mode runs a few
+steps, writes its outputs and reports finite losses."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+categorical_vae = pytest.importorskip("categorical_vae")
+
+
+def assert_finite_summary(summary):
+    assert math.isfinite(summary["final_test_neg_elbo"])
+    assert math.isfinite(summary["final_train_neg_elbo"])
+    assert not summary["diverged"]
+
+
+def assert_single_run_outputs(out, stem):
+    for suffix in (".png", ".csv", ".json"):
+        assert (out / (stem + suffix)).stat().st_size > 0
+    with open(out / (stem + ".json")) as f:
+        run = json.load(f)
+    assert_finite_summary(run["summary"])
+    tests = [row["test_neg_elbo"] for row in run["curve"] if row["test_neg_elbo"] is not None]
+    assert len(tests) >= 2 and all(math.isfinite(t) for t in tests)
+    header = (out / (stem + ".csv")).read_text().splitlines()[0]
+    assert header == "step,seconds,train_neg_elbo,train_neg_elbo_running_mean,test_neg_elbo"
+    return run
+
+
+def test_pyro_arsm_one_layer_writes_curve(tmp_path):
+    run = categorical_vae.main(["--steps", "5", "--eval-every", "2", "--out", str(tmp_path)])
+    saved = assert_single_run_outputs(tmp_path, "categorical_vae_pyro_digits_1layer_arsm")
+    assert saved["summary"]["steps"] == 5 == run["summary"]["steps"]
+    # one real pass + at most C(C-1)/2 = 45 distinct pseudo actions per step
+    assert all(1 < n <= 46 for n in run["evaluations"])
+
+
+def test_pyro_two_layers_chains_a_second_site(tmp_path):
+    run = categorical_vae.main(["--layers", "2", "--steps", "3", "--out", str(tmp_path)])
+    assert_single_run_outputs(tmp_path, "categorical_vae_pyro_digits_2layer_arsm")
+    # both categorical sites get pseudo passes: more than one site's 45 swaps
+    assert max(run["evaluations"]) > 46
+
+
+def test_pyro_gumbel_reports_discrete_test_elbo(tmp_path):
+    categorical_vae.main(["--estimator", "gumbel", "--steps", "3", "--out", str(tmp_path)])
+    assert_single_run_outputs(tmp_path, "categorical_vae_pyro_digits_1layer_gumbel")
+
+
+def test_numpyro_arsm_jitted_writes_curve(tmp_path):
+    pytest.importorskip("numpyro")
+    run = categorical_vae.main(["--backend", "numpyro", "--steps", "3", "--out", str(tmp_path)])
+    assert_single_run_outputs(tmp_path, "categorical_vae_numpyro_digits_1layer_arsm")
+    assert run["compile_seconds"] > 0
+    assert run["evaluations"] == [46, 46, 46]
+
+
+def test_compare_trains_every_estimator_for_the_budget(tmp_path):
+    result = categorical_vae.main(["--compare", "--time-budget", "1", "--out", str(tmp_path)])
+    stem = tmp_path / "categorical_vae_pyro_digits_1layer_compare"
+    for suffix in (".png", ".md", ".json"):
+        assert stem.with_suffix(suffix).stat().st_size > 0
+    names = [s["estimator"] for s in result["summary"]]
+    assert names == ["arsm", "ars", "ar", "rloo", "tracegraph", "gumbel"]
+    for summary in result["summary"]:
+        assert_finite_summary(summary)
+        assert summary["steps"] >= 2 and summary["ms_per_step_median"] > 0
+        # the budget is honoured to within one step
+        assert summary["train_seconds"] < 1 + summary["ms_per_step_median"] / 1000 * 5
+    table = stem.with_suffix(".md").read_text()
+    assert all(f"| {name} |" in table for name in names)
+
+
+def test_numpyro_gumbel_exits_with_a_clear_message():
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "categorical_vae.py"), "--backend", "numpyro",
+         "--estimator", "gumbel"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0
+    assert "NumPyro has no straight-through Gumbel-softmax" in completed.stderr
+
+
+def test_eval_every_accepts_steps_or_seconds():
+    assert categorical_vae.parse_eval_every("100") == ("steps", 100)
+    assert categorical_vae.parse_eval_every("2.5s") == ("seconds", 2.5)
+    with pytest.raises(Exception, match="--eval-every"):
+        categorical_vae.parse_eval_every("-3")
