@@ -273,5 +273,5 @@ def test_arsm_gradient_jits_and_returns_the_true_action(estimator):
 
 
 def test_arsm_gradient_rejects_unknown_estimator():
-    with pytest.raises(ValueError, match="'arsm', 'ars' or 'ar'"):
+    with pytest.raises(ValueError, match="estimator must be 'arsm', 'ars', 'ar' or 'rloo'"):
         est.arsm_gradient(_key(28), jnp.zeros(3), lambda z: z * 1.0, estimator="reinforce")
