@@ -371,14 +371,6 @@ class ARSM_ELBO(ELBO):
         self._model_key = (id(model), id(guide))
         yield from super()._get_traces(model, guide, args, kwargs)
 
-    def _get_vectorized_trace(self, model, guide, args, kwargs):
-        return self._get_trace(
-            self._vectorized_num_particles(model),
-            self._vectorized_num_particles(guide),
-            args,
-            kwargs,
-        )
-
     def _check_sites(self, model_trace, guide_trace):
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or isinstance(site["fn"], _Subsample):

@@ -19,23 +19,15 @@ from pyro_exact import (
     gradient_draws,
     z_scores,
 )
-from test_pyro_unbiased import (
+from test_pyro_unbiased import (  # _fresh: the autouse param-store fixture
     PLATED_DATA,
+    _fresh,  # noqa: F401
     downstream_guide,
     downstream_model,
     init,
     plated_guide,
     plated_model,
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    pyro.enable_validation(True)
-    yield
-    pyro.clear_param_store()
 
 
 @pytest.mark.slow
