@@ -1,0 +1,256 @@
+"""A discrete autoguide for ARSM: a learnable categorical / Bernoulli guide site per discrete latent.
+
+Pyro's :class:`~pyro.infer.autoguide.AutoDiscreteParallel` exists to be enumerated by
+``TraceEnum_ELBO``; :class:`AutoCategorical` is its counterpart for *sampling* gradient estimators
+such as :class:`~pyro_arsm.ARSM_ELBO`: every discrete latent site of the model gets a guide site of
+the same family (``Categorical``, ``OneHotCategorical`` or ``Bernoulli``) parameterized by
+unconstrained logits, either one free vector per plate element ("local") or the output of a network
+of the model's arguments ("amortized").
+
+Continuous latents are not its job: combine it with another autoguide through
+:class:`~pyro.infer.autoguide.AutoGuideList`::
+
+    discrete = discrete_latent_sites(model, data)
+    guide = AutoGuideList(model)
+    guide.append(AutoNormal(poutine.block(model, hide=discrete)))
+    guide.append(AutoCategorical(poutine.block(model, expose=discrete)))
+    svi = SVI(model, guide, optim, loss=ARSM_ELBO(max_plate_nesting=1))
+"""
+
+import operator
+from contextlib import ExitStack
+
+import torch
+from torch.distributions import constraints
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide.guides import prototype_hide_fn
+from pyro.nn.module import PyroModule, PyroParam
+from pyro.ops.tensor_utils import periodic_repeat
+
+__all__ = ["AutoCategorical", "discrete_latent_sites"]
+
+_FAMILIES = {
+    dist.Categorical: "categorical",
+    dist.OneHotCategorical: "one_hot",
+    dist.Bernoulli: "bernoulli",
+}
+
+
+def _deep_setattr(obj, key, value):
+    *path, last = key.split(".")
+    for part in path:
+        if not hasattr(obj, part):
+            setattr(obj, part, PyroModule())
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def _unwrap(fn):
+    """Strip ``Independent`` and ``MaskedDistribution`` wrappers: ``(base, reinterpreted_dims)``."""
+    reinterpreted = 0
+    while True:
+        if isinstance(fn, torch.distributions.Independent):
+            reinterpreted += fn.reinterpreted_batch_ndims
+            fn = fn.base_dist
+        elif isinstance(fn, dist.MaskedDistribution):
+            fn = fn.base_dist
+        else:
+            return fn, reinterpreted
+
+
+def _family(fn):
+    base, _ = _unwrap(fn)
+    for cls, family in _FAMILIES.items():
+        if isinstance(base, cls):
+            return family
+    return None
+
+
+def discrete_latent_sites(model, *args, **kwargs):
+    """Names of the model's latent (unobserved) sample sites with discrete support.
+
+    Runs the model once (its sample statements draw from the prior) and returns the names in
+    execution order: what to ``poutine.block(model, expose=...)`` for :class:`AutoCategorical` and
+    ``hide=...`` for a continuous autoguide.
+    """
+    trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+    return [
+        name
+        for name, site in trace.iter_stochastic_nodes()
+        if not prototype_hide_fn(site) and site["fn"].support.is_discrete
+    ]
+
+
+class AutoCategorical(AutoGuide):
+    """Mean-field discrete guide: one learnable logits tensor per discrete latent site.
+
+    Each discrete latent site of ``model`` is matched by a guide site of the same family
+    (``Categorical``, ``OneHotCategorical`` or ``Bernoulli``, with the model's ``.to_event`` dims),
+    parameterized by unconstrained logits so that :class:`~pyro_arsm.ARSM_ELBO` can
+    differentiate through them. Guide sites are independent of each other given the logits.
+
+    *Local* logits (the default) are one free parameter per plate element, initialized from the
+    model's prior (``init="prior"``) or to zeros (``init="uniform"``). Subsampled plates keep
+    full-size parameters and use the rows of the current subsample, as
+    :class:`~pyro.infer.autoguide.AutoNormal` does.
+
+    *Amortized* logits come from ``network(*args, **kwargs)``, which takes the model's arguments and
+    returns a dict ``{site_name: logits}``; an ``nn.Module`` network is registered with
+    :func:`pyro.module` so that its weights are trained. Logits must broadcast to the site's batch
+    shape (plus the category dim for ``Categorical``); a dim that matches a subsampled plate's full
+    size is subsampled like a data tensor (:func:`pyro.subsample`). Sites the network does not
+    return get local logits.
+
+    Masks in the model (``poutine.mask``, ``.mask()``) are not copied, since they usually depend on
+    the data: the guide samples masked elements too, they add only their own ``log q`` to the loss
+    and do not change the gradient of anything else.
+
+    Only discrete latents are handled: block continuous ones out and combine with another autoguide
+    in :class:`~pyro.infer.autoguide.AutoGuideList` (see :func:`discrete_latent_sites`). Sites that
+    the model enumerates (``infer={"enumerate": ...}``) are an error: a guide must not sample them.
+
+    :param callable model: a Pyro model.
+    :param callable network: optional amortization network (see above).
+    :param str init: ``"prior"`` or ``"uniform"`` initial local logits.
+    :param callable create_plates: as for other autoguides (for data subsampling).
+    """
+
+    def __init__(self, model, *, network=None, init="prior", create_plates=None):
+        if init not in ("prior", "uniform"):
+            raise ValueError(f"AutoCategorical: init must be 'prior' or 'uniform', got {init!r}")
+        self.init = init
+        super().__init__(model, create_plates=create_plates)
+        self.network = network
+
+    def _network_logits(self, *args, **kwargs):
+        if self.network is None:
+            return {}
+        if isinstance(self.network, torch.nn.Module):
+            pyro.module(f"{self._pyro_name}.network", self.network)
+        out = self.network(*args, **kwargs)
+        if not isinstance(out, dict):
+            raise TypeError(
+                "AutoCategorical: network(*args, **kwargs) must return a dict {site_name: logits}, "
+                f"got {type(out).__name__}"
+            )
+        return out
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        self._sites = {}
+        self.logits = PyroModule()
+        with torch.no_grad():
+            amortized = set(self._network_logits(*args, **kwargs))
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            fn = site["fn"]
+            if site["infer"].get("enumerate"):
+                raise ValueError(
+                    f"AutoCategorical: site '{name}' is enumerated in the model "
+                    f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not sample "
+                    "it. Either keep enumerating it (TraceEnum_ELBO, and block it from this guide with "
+                    f"poutine.block(model, hide=['{name}'])) or remove the enumerate flag / "
+                    "config_enumerate from the model to sample it with ARSM."
+                )
+            family = _family(fn)
+            if family is None:
+                if not fn.support.is_discrete:
+                    raise ValueError(
+                        f"AutoCategorical: site '{name}' ({type(fn).__name__}) is continuous; "
+                        "AutoCategorical only guides discrete latents. Combine guides: "
+                        "guide = AutoGuideList(model); "
+                        f"guide.append(AutoNormal(poutine.block(model, hide=discrete))); "
+                        "guide.append(AutoCategorical(poutine.block(model, expose=discrete))) with "
+                        "discrete = pyro_arsm.discrete_latent_sites(model, *args)."
+                    )
+                raise NotImplementedError(
+                    f"AutoCategorical: site '{name}' has a discrete distribution "
+                    f"{type(_unwrap(fn)[0]).__name__} that is not supported (Categorical, "
+                    "OneHotCategorical and Bernoulli are); write its guide site by hand."
+                )
+            base, reinterpreted = _unwrap(fn)
+            value = site["value"]
+            if family == "categorical":
+                num_categories = base.logits.size(-1)
+                shape = value.shape + (num_categories,)
+                event_dim = fn.event_dim + 1
+            else:
+                num_categories = None
+                shape = value.shape
+                event_dim = fn.event_dim
+            self._sites[name] = dict(
+                family=family, event_dim=event_dim, reinterpreted=reinterpreted,
+                num_categories=num_categories, batch_shape=base.batch_shape,
+                frames=[f for f in site["cond_indep_stack"] if f.vectorized],
+            )
+            if name in amortized:
+                continue
+            init = base.logits.detach().expand(shape) if self.init == "prior" else torch.zeros(shape)
+            init = init.clone()
+            # Subsampled plates keep one parameter row per element of the full plate.
+            for frame in site["cond_indep_stack"]:
+                full_size = frame.full_size or frame.size
+                if full_size != frame.size:
+                    init = periodic_repeat(init, full_size, frame.dim - event_dim).contiguous()
+            _deep_setattr(self.logits, name, PyroParam(init, constraints.real, event_dim))
+
+    def _site_dist(self, name, logits):
+        info = self._sites[name]
+        if info["family"] == "categorical":
+            batch_shape = info["batch_shape"]
+            d = dist.Categorical(logits=logits.expand(batch_shape + logits.shape[-1:]))
+        elif info["family"] == "one_hot":
+            d = dist.OneHotCategorical(logits=logits)
+            d = d.expand(info["batch_shape"]) if d.batch_shape != info["batch_shape"] else d
+        else:
+            d = dist.Bernoulli(logits=logits)
+            d = d.expand(info["batch_shape"]) if d.batch_shape != info["batch_shape"] else d
+        if info["reinterpreted"]:
+            d = d.to_event(info["reinterpreted"])
+        return d
+
+    def forward(self, *args, **kwargs):
+        """Sample every discrete latent site; returns ``{site_name: value}``."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        network_logits = self._network_logits(*args, **kwargs)
+        result = {}
+        for name, info in self._sites.items():
+            with ExitStack() as stack:
+                for frame in info["frames"]:
+                    stack.enter_context(plates[frame.name])
+                if name in network_logits:
+                    logits = pyro.subsample(network_logits[name], event_dim=info["event_dim"])
+                else:
+                    logits = operator.attrgetter(name)(self.logits)
+                result[name] = pyro.sample(name, self._site_dist(name, logits))
+        return result
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs):
+        """The mode of each guide site: ``argmax`` of the logits (``logits > 0`` for Bernoulli).
+
+        Local sites return one value per element of the *full* plate (as ``AutoNormal.median``
+        does); amortized sites return the network's output shape.
+        """
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        network_logits = self._network_logits(*args, **kwargs)
+        result = {}
+        for name, info in self._sites.items():
+            if name in network_logits:
+                logits = network_logits[name]
+            else:
+                logits = operator.attrgetter(name)(self.logits).detach()
+            if info["family"] == "categorical":
+                result[name] = logits.argmax(-1)
+            elif info["family"] == "one_hot":
+                result[name] = torch.nn.functional.one_hot(
+                    logits.argmax(-1), logits.size(-1)).to(logits.dtype)
+            else:
+                result[name] = (logits > 0).to(logits.dtype)
+        return result
