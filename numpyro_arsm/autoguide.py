@@ -1,0 +1,291 @@
+"""A discrete autoguide for ARSM: a learnable categorical / Bernoulli guide site per discrete latent.
+
+NumPyro has no discrete autoguide (its autoguides reject discrete latent sites).
+:class:`AutoCategorical` gives every discrete latent site of the model a guide site of the same
+family (``Categorical`` or ``Bernoulli``) parameterized by unconstrained logits: one free vector per
+plate element ("local") or the output of a network of the model's arguments ("amortized").
+
+Continuous latents are not its job. Combine it with NumPyro's autoguides in an
+:class:`~numpyro.infer.autoguide.AutoGuideList` whose own model has the discrete sites blocked
+(NumPyro's ``AutoGuideList`` initializes the model it is given, which fails on discrete latents),
+and name the sites for ``AutoCategorical`` with ``sites=`` rather than ``block(..., expose=...)``
+(which in NumPyro also hides the plates, and with them their full sizes)::
+
+    discrete = discrete_latent_sites(model, data)
+    guide = AutoGuideList(handlers.block(model, hide=discrete))
+    guide.append(AutoNormal(handlers.block(model, hide=discrete)))
+    guide.append(AutoCategorical(model, sites=discrete))
+    svi = SVI(model, guide, optax.adam(1e-2), loss=ARSM_ELBO())
+"""
+
+from contextlib import ExitStack
+
+import jax
+import jax.numpy as jnp
+
+import numpyro
+import numpyro.distributions as dist
+from numpyro import handlers
+from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
+from numpyro.infer.autoguide import AutoGuide
+
+__all__ = ["AutoCategorical", "discrete_latent_sites"]
+
+
+def _unwrap(fn):
+    """Strip ``Independent`` / ``ExpandedDistribution`` / ``MaskedDistribution``:
+    ``(base, reinterpreted_dims)``."""
+    reinterpreted = 0
+    while True:
+        if isinstance(fn, Independent):
+            reinterpreted += fn.reinterpreted_batch_ndims
+            fn = fn.base_dist
+        elif isinstance(fn, (ExpandedDistribution, MaskedDistribution)):
+            fn = fn.base_dist
+        else:
+            return fn, reinterpreted
+
+
+def _family(fn):
+    base, _ = _unwrap(fn)
+    if isinstance(base, (dist.CategoricalLogits, dist.CategoricalProbs)):
+        return "categorical"
+    if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)):
+        return "bernoulli"
+    return None
+
+
+def _latent_sites(trace):
+    return [
+        (name, site)
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    ]
+
+
+def _trace_model(model, rng_key, *args, **kwargs):
+    if rng_key is None:
+        rng_key = jax.random.PRNGKey(0)
+    with handlers.block():
+        return handlers.trace(handlers.seed(model, rng_key)).get_trace(*args, **kwargs)
+
+
+def discrete_latent_sites(model, *args, **kwargs):
+    """Names of the model's latent (unobserved) sample sites with discrete support.
+
+    Runs the model once (a fixed seed; its sample statements draw from the prior) and returns the
+    names in execution order: what to ``handlers.block(model, expose=...)`` for
+    :class:`AutoCategorical` and ``hide=...`` for a continuous autoguide.
+    """
+    trace = _trace_model(model, None, *args, **kwargs)
+    return [name for name, site in _latent_sites(trace) if site["fn"].support.is_discrete]
+
+
+class AutoCategorical(AutoGuide):
+    """Mean-field discrete guide: one learnable logits array per discrete latent site.
+
+    Each discrete latent site of ``model`` is matched by a guide site of the same family
+    (``Categorical`` or ``Bernoulli``, with the model's ``.to_event`` dims) parameterized by
+    unconstrained logits, so that :class:`~numpyro_arsm.ARSM_ELBO` can differentiate through them.
+    Guide sites are independent of each other given the logits.
+
+    *Local* logits (the default) are a ``numpyro.param`` named ``"{prefix}_{site}_logits"`` with one
+    row per plate element, initialized from the model's prior (``init="prior"``) or to zeros
+    (``init="uniform"``). Subsampled plates keep full-size parameters and use the rows of the current
+    subsample (NumPyro's plates slice params declared with ``event_dim``).
+
+    *Amortized* logits come from ``network(*args, **kwargs)``, called inside the guide with the
+    model's arguments; it returns a dict ``{site_name: logits}`` and declares its own weights with
+    ``numpyro.param`` (or ``numpyro.contrib.module``) so that SVI trains them. Logits must broadcast
+    to the site's batch shape (plus the category dim for ``Categorical``); a dim that matches a
+    subsampled plate's full size is subsampled like data (:func:`numpyro.subsample`). Sites the
+    network does not return get local logits.
+
+    Masks in the model are not copied (they usually depend on the data): masked elements are
+    sampled too, add only their own ``log q`` to the loss and do not change any other gradient.
+
+    Only discrete latents are handled (see the module docstring for combining it with continuous
+    autoguides). Sites that the model enumerates (``infer={"enumerate": ...}``) are an error.
+
+    :param callable model: a NumPyro model.
+    :param sites: names of the latent sites to guide (default: every latent site of the model,
+        which must then all be discrete); other latent sites are left to other guides.
+    :param callable network: optional amortization network (see above).
+    :param str init: ``"prior"`` or ``"uniform"`` initial local logits.
+    :param str prefix: prefix of the param names.
+    :param callable create_plates: as for other autoguides (for data subsampling).
+    """
+
+    def __init__(self, model, *, sites=None, network=None, init="prior", prefix="auto",
+                 create_plates=None):
+        if init not in ("prior", "uniform"):
+            raise ValueError(f"AutoCategorical: init must be 'prior' or 'uniform', got {init!r}")
+        self.site_names = None if sites is None else list(sites)
+        self.network = network
+        self.init = init
+        self._sites = {}
+        super().__init__(model, prefix=prefix, create_plates=create_plates)
+
+    def _network_logits(self, *args, **kwargs):
+        if self.network is None:
+            return {}
+        out = self.network(*args, **kwargs)
+        if not isinstance(out, dict):
+            raise TypeError(
+                "AutoCategorical: network(*args, **kwargs) must return a dict {site_name: logits}, "
+                f"got {type(out).__name__}"
+            )
+        return out
+
+    def _param_name(self, name):
+        return f"{self.prefix}_{name}_logits"
+
+    def _setup_prototype(self, *args, **kwargs):
+        self.prototype_trace = _trace_model(self.model, numpyro.prng_key(), *args, **kwargs)
+        self._prototype_frames = {}
+        self._prototype_frame_full_sizes = {}
+        for name, site in self.prototype_trace.items():
+            if site["type"] == "plate":
+                self._prototype_frame_full_sizes[name] = site["args"][0]
+        self._sites = {}
+        latent = dict(_latent_sites(self.prototype_trace))
+        if self.site_names is not None:
+            missing = [n for n in self.site_names if n not in latent]
+            if missing:
+                raise ValueError(
+                    f"AutoCategorical: sites {missing} are not latent sample sites of the model "
+                    f"(latent sites: {list(latent)})"
+                )
+            latent = {n: latent[n] for n in self.site_names}
+        for name, site in latent.items():
+            fn = site["fn"]
+            if site["infer"].get("enumerate"):
+                raise ValueError(
+                    f"AutoCategorical: site '{name}' is enumerated in the model "
+                    f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not sample "
+                    "it. Either keep enumerating it (TraceEnum_ELBO, and block it from this guide with "
+                    f"handlers.block(model, hide=['{name}'])) or remove the enumerate flag / "
+                    "config_enumerate from the model to sample it with ARSM."
+                )
+            family = _family(fn)
+            if family is None:
+                if not fn.support.is_discrete:
+                    raise ValueError(
+                        f"AutoCategorical: site '{name}' ({type(fn).__name__}) is continuous; "
+                        "AutoCategorical only guides discrete latents. Combine guides: "
+                        "discrete = numpyro_arsm.discrete_latent_sites(model, *args); "
+                        "guide = AutoGuideList(handlers.block(model, hide=discrete)); "
+                        "guide.append(AutoNormal(handlers.block(model, hide=discrete))); "
+                        "guide.append(AutoCategorical(handlers.block(model, expose=discrete)))."
+                    )
+                raise NotImplementedError(
+                    f"AutoCategorical: site '{name}' has a discrete distribution "
+                    f"{type(_unwrap(fn)[0]).__name__} that is not supported (Categorical and "
+                    "Bernoulli are); write its guide site by hand."
+                )
+            base, reinterpreted = _unwrap(fn)
+            value = jnp.asarray(site["value"])
+            # batch shape of the unwrapped distribution: the site's batch and reinterpreted dims
+            base_batch_shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+            if family == "categorical":
+                num_categories = jnp.shape(base.logits)[-1]
+                shape = value.shape + (num_categories,)
+                event_dim = fn.event_dim + 1
+            else:
+                num_categories = None
+                shape = value.shape
+                event_dim = fn.event_dim
+            frames = list(site["cond_indep_stack"])
+            for frame in frames:
+                if frame.name not in self._prototype_frame_full_sizes:
+                    raise ValueError(
+                        f"AutoCategorical: the plate '{frame.name}' of site '{name}' is hidden from "
+                        "the guide, so its full size (and any subsampling) is unknown. In NumPyro "
+                        "handlers.block(model, expose=[...]) hides plates too: pass the model "
+                        f"itself with AutoCategorical(model, sites=['{name}', ...]), or block with "
+                        "hide=[...] instead."
+                    )
+                self._prototype_frames[frame.name] = frame
+            # Subsampled plates keep one parameter row per element of the full plate.
+            full_shape = list(shape)
+            for frame in frames:
+                full_size = self._prototype_frame_full_sizes.get(frame.name, frame.size)
+                dim = len(shape) + frame.dim - event_dim
+                if full_size != frame.size and 0 <= dim:
+                    full_shape[dim] = full_size
+            if self.init == "prior":
+                prior = jnp.broadcast_to(jax.nn.log_softmax(base.logits, -1) if family == "categorical"
+                                         else base.logits, shape)
+                # repeat the prior's rows periodically up to the full plate size
+                init = prior
+                for dim, (n, m) in enumerate(zip(full_shape, shape)):
+                    if n != m:
+                        init = jnp.take(init, jnp.arange(n) % m, axis=dim)
+            else:
+                init = jnp.zeros(full_shape)
+            self._sites[name] = dict(
+                family=family, event_dim=event_dim, reinterpreted=reinterpreted,
+                batch_shape=base_batch_shape, frames=frames, init=init,
+            )
+
+    def _site_dist(self, name, logits):
+        info = self._sites[name]
+        if info["family"] == "categorical":
+            d = dist.CategoricalLogits(logits)
+        else:
+            d = dist.BernoulliLogits(logits)
+        if tuple(d.batch_shape) != info["batch_shape"]:
+            d = d.expand(info["batch_shape"])
+        if info["reinterpreted"]:
+            d = d.to_event(info["reinterpreted"])
+        return d
+
+    def _logits(self, name, network_logits):
+        info = self._sites[name]
+        if name in network_logits:
+            return numpyro.subsample(network_logits[name], event_dim=info["event_dim"])
+        return numpyro.param(self._param_name(name), info["init"], event_dim=info["event_dim"])
+
+    def __call__(self, *args, **kwargs):
+        """Sample every discrete latent site; returns ``{site_name: value}``."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        network_logits = self._network_logits(*args, **kwargs)
+        result = {}
+        for name, info in self._sites.items():
+            with ExitStack() as stack:
+                for frame in info["frames"]:
+                    stack.enter_context(plates[frame.name])
+                logits = self._logits(name, network_logits)
+                result[name] = numpyro.sample(name, self._site_dist(name, logits))
+        return result
+
+    def sample_posterior(self, rng_key, params, *args, sample_shape=(), **kwargs):
+        """Draws of every discrete latent site from the guide with ``params``."""
+
+        def one(key):
+            guide = handlers.substitute(handlers.seed(self, key), data=params)
+            return guide(*args, **kwargs)
+
+        num = int(jnp.prod(jnp.array(sample_shape))) if sample_shape else 1
+        keys = jax.random.split(rng_key, num)
+        draws = jax.vmap(one)(keys)
+        if not sample_shape:
+            return jax.tree_util.tree_map(lambda x: x[0], draws)
+        return jax.tree_util.tree_map(lambda x: x.reshape(tuple(sample_shape) + x.shape[1:]), draws)
+
+    def median(self, params):
+        """The mode of each *local* guide site: ``argmax`` of its logits (``logits > 0`` for
+        Bernoulli), for the full plate. Amortized sites need the data: use the network directly."""
+        result = {}
+        for name, info in self._sites.items():
+            key = self._param_name(name)
+            if key not in params:
+                continue
+            logits = params[key]
+            if info["family"] == "categorical":
+                result[name] = jnp.argmax(logits, -1)
+            else:
+                result[name] = (logits > 0).astype(jnp.result_type(float))
+        return result
