@@ -114,15 +114,21 @@ class AutoCategorical(AutoGuide):
     the model enumerates (``infer={"enumerate": ...}``) are an error: a guide must not sample them.
 
     :param callable model: a Pyro model.
+    :param sites: names of the latent sites to guide (default: every latent site of the model,
+        which must then all be discrete); other latent sites are left to other guides. Same as
+        passing ``poutine.block(model, expose=sites)``.
     :param callable network: optional amortization network (see above).
     :param str init: ``"prior"`` or ``"uniform"`` initial local logits.
     :param callable create_plates: as for other autoguides (for data subsampling).
     """
 
-    def __init__(self, model, *, network=None, init="prior", create_plates=None):
+    def __init__(self, model, *, sites=None, network=None, init="prior", create_plates=None):
         if init not in ("prior", "uniform"):
             raise ValueError(f"AutoCategorical: init must be 'prior' or 'uniform', got {init!r}")
         self.init = init
+        self.site_names = None if sites is None else list(sites)
+        if sites is not None:
+            model = poutine.block(model, expose=self.site_names)
         super().__init__(model, create_plates=create_plates)
         self.network = network
 
@@ -145,6 +151,14 @@ class AutoCategorical(AutoGuide):
         self.logits = PyroModule()
         with torch.no_grad():
             amortized = set(self._network_logits(*args, **kwargs))
+        if self.site_names is not None:
+            found = {name for name, _ in self.prototype_trace.iter_stochastic_nodes()}
+            missing = [n for n in self.site_names if n not in found]
+            if missing:
+                raise ValueError(
+                    f"AutoCategorical: sites {missing} are not latent sample sites of the model "
+                    f"(latent sites: {sorted(found)})"
+                )
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             fn = site["fn"]
             if site["infer"].get("enumerate"):

@@ -7,7 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.infer import SVI, TraceEnum_ELBO
-from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoGuideList
 from pyro.ops.indexing import Vindex
 from pyro.optim import Adam
 from pyro_arsm import ARSM_ELBO, AutoCategorical, discrete_latent_sites
@@ -161,6 +161,15 @@ def test_error_on_unsupported_discrete_distribution():
 
     with pytest.raises(NotImplementedError, match=r"site 'n'.*Poisson"):
         AutoCategorical(model)()
+
+
+def test_sites_argument_equals_block_expose():
+    guide = AutoGuideList(mixed_model)
+    guide.append(AutoDelta(poutine.block(mixed_model, hide=["z", "b"])))
+    guide.append(AutoCategorical(mixed_model, sites=["z", "b"]))
+    assert set(guide(DATA)) == {"loc", "z", "b"}
+    with pytest.raises(ValueError, match=r"\['q'\] are not latent sample sites"):
+        AutoCategorical(mixed_model, sites=["z", "q"])(DATA)
 
 
 def test_network_must_return_a_dict():
