@@ -478,8 +478,8 @@ def plot(runs, target, window, title, path):
         ax.set_ylabel(f"return (mean of last {window} episodes)")
         ax.grid(alpha=0.3)
     axes[0].set_xlabel("episode")
-    axes[1].set_xlabel("environment steps (real + rollouts); each curve ends at its method's "
-                       "smallest total over the seeds")
+    axes[1].set_xlabel("environment steps (real + rollouts)\n"
+                       "each curve ends at its method's smallest total over the seeds")
     axes[1].set_xscale("log")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title}; mean over seeds, band = +/- 1 s.e.; dashed: target {target:g}")
