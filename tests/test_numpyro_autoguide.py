@@ -173,3 +173,17 @@ def test_network_must_return_a_dict():
 
     with pytest.raises(TypeError, match="must return a dict"):
         handlers.seed(AutoCategorical(model, network=lambda: jnp.zeros(3)), 0)()
+
+
+def test_svi_with_auto_normal_and_auto_categorical():
+    # a sampled continuous guide (AutoNormal) upstream of the ARSM sites, jitted by SVI.run
+    from numpyro.infer.autoguide import AutoNormal
+
+    discrete = discrete_latent_sites(mixed_model, DATA)
+    guide = AutoGuideList(handlers.block(mixed_model, hide=discrete))
+    guide.append(AutoNormal(handlers.block(mixed_model, hide=discrete)))
+    guide.append(AutoCategorical(mixed_model, sites=discrete))
+    svi = SVI(mixed_model, guide, optax.adam(0.05), ARSM_ELBO(num_particles=4))
+    result = svi.run(jax.random.PRNGKey(0), 30, DATA, progress_bar=False)
+    assert np.isfinite(result.losses).all()
+    assert all(np.isfinite(v).all() for v in result.params.values())

@@ -188,3 +188,17 @@ def test_trace_enum_still_works_with_the_same_guide_enumerated():
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     loss = elbo.loss(mixed_model, config_enumerate(guide, "parallel"), DATA)
     assert torch.isfinite(torch.tensor(loss))
+
+
+def test_svi_with_auto_normal_and_auto_categorical():
+    # a sampled continuous guide (AutoNormal) upstream of the ARSM sites: trains without errors
+    from pyro.infer.autoguide import AutoNormal
+
+    guide = AutoGuideList(mixed_model)
+    guide.append(AutoNormal(poutine.block(mixed_model, hide=["z", "b"])))
+    guide.append(AutoCategorical(mixed_model, sites=["z", "b"]))
+    svi = SVI(mixed_model, guide, Adam({"lr": 0.05}),
+              ARSM_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1))
+    losses = [svi.step(DATA) for _ in range(30)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.isfinite(p).all() for p in pyro.get_param_store().values())
