@@ -25,6 +25,7 @@ def test_doc_has_the_promised_examples():
     assert {"gmm-pyro", "gmm-numpyro", "air-pyro"} <= set(doc_blocks())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gmm-pyro", "gmm-numpyro", "air-pyro"])
 def test_converting_doc_example_runs_as_written(name):
     if name.endswith("numpyro"):

@@ -61,6 +61,7 @@ def _loss_improves(history):
     return history[-k:].mean() < history[:k].mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,methods", CASES, ids=[c[0].removesuffix(".ipynb") for c in CASES])
 def test_notebook_runs_in_smoke_mode(name, methods, tmp_path):
     path = NOTEBOOKS / name
