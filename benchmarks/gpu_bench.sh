@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark run (for the `device` machine: CUDA torch and jax preinstalled, no network).
-# Usage there: bash benchmarks/gpu_bench.sh  (pyro-ppl and pyro-api wheels carried in .gpuwheels/)
+# Before (here, with network): pip download --no-deps -d .gpuwheels pyro-ppl==1.9.2 pyro-api numpyro==0.22.0
+# (the device image has no pyro, and its numpyro 0.21.0 fails with its jax 0.11.2).
+# There: bash benchmarks/gpu_bench.sh, carrying .gpuwheels/.
 # Writes logs to $OUT (default benchmarks/out).
 set -uo pipefail
 OUT=${OUT:-benchmarks/out}

@@ -26,33 +26,10 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
-from numpyro.distributions.distribution import ExpandedDistribution, Independent, MaskedDistribution
 from numpyro.infer.autoguide import AutoGuide
+from numpyro_arsm.elbo import _arsm_kind, _element_shape
 
 __all__ = ["AutoCategorical", "discrete_latent_sites"]
-
-
-def _unwrap(fn):
-    """Strip ``Independent`` / ``ExpandedDistribution`` / ``MaskedDistribution``:
-    ``(base, reinterpreted_dims)``."""
-    reinterpreted = 0
-    while True:
-        if isinstance(fn, Independent):
-            reinterpreted += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif isinstance(fn, (ExpandedDistribution, MaskedDistribution)):
-            fn = fn.base_dist
-        else:
-            return fn, reinterpreted
-
-
-def _family(fn):
-    base, _ = _unwrap(fn)
-    if isinstance(base, (dist.CategoricalLogits, dist.CategoricalProbs)):
-        return "categorical"
-    if isinstance(base, (dist.BernoulliLogits, dist.BernoulliProbs)):
-        return "bernoulli"
-    return None
 
 
 def _latent_sites(trace):
@@ -167,8 +144,8 @@ class AutoCategorical(AutoGuide):
                     f"handlers.block(model, hide=['{name}'])) or remove the enumerate flag / "
                     "config_enumerate from the model to sample it with ARSM."
                 )
-            family = _family(fn)
-            if family is None:
+            kind, base = _arsm_kind(fn)
+            if kind is None:
                 if not fn.support.is_discrete:
                     raise ValueError(
                         f"AutoCategorical: site '{name}' ({type(fn).__name__}) is continuous; "
@@ -176,23 +153,18 @@ class AutoCategorical(AutoGuide):
                         "discrete = numpyro_arsm.discrete_latent_sites(model, *args); "
                         "guide = AutoGuideList(handlers.block(model, hide=discrete)); "
                         "guide.append(AutoNormal(handlers.block(model, hide=discrete))); "
-                        "guide.append(AutoCategorical(handlers.block(model, expose=discrete)))."
+                        "guide.append(AutoCategorical(model, sites=discrete))."
                     )
                 raise NotImplementedError(
                     f"AutoCategorical: site '{name}' has a discrete distribution "
-                    f"{type(_unwrap(fn)[0]).__name__} that is not supported (Categorical and "
+                    f"{type(fn).__name__} that is not supported (Categorical and "
                     "Bernoulli are); write its guide site by hand."
                 )
-            base, reinterpreted = _unwrap(fn)
             value = jnp.asarray(site["value"])
-            # batch shape of the unwrapped distribution: the site's batch and reinterpreted dims
-            base_batch_shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-            if family == "categorical":
-                num_categories = jnp.shape(base.logits)[-1]
-                shape = value.shape + (num_categories,)
+            if kind == "categorical":
+                shape = value.shape + jnp.shape(base.logits)[-1:]
                 event_dim = fn.event_dim + 1
             else:
-                num_categories = None
                 shape = value.shape
                 event_dim = fn.event_dim
             frames = list(site["cond_indep_stack"])
@@ -209,12 +181,12 @@ class AutoCategorical(AutoGuide):
             # Subsampled plates keep one parameter row per element of the full plate.
             full_shape = list(shape)
             for frame in frames:
-                full_size = self._prototype_frame_full_sizes.get(frame.name, frame.size)
+                full_size = self._prototype_frame_full_sizes[frame.name]
                 dim = len(shape) + frame.dim - event_dim
                 if full_size != frame.size and 0 <= dim:
                     full_shape[dim] = full_size
             if self.init == "prior":
-                prior = jnp.broadcast_to(jax.nn.log_softmax(base.logits, -1) if family == "categorical"
+                prior = jnp.broadcast_to(jax.nn.log_softmax(base.logits, -1) if kind == "categorical"
                                          else base.logits, shape)
                 # repeat the prior's rows periodically up to the full plate size
                 init = prior
@@ -224,21 +196,20 @@ class AutoCategorical(AutoGuide):
             else:
                 init = jnp.zeros(full_shape)
             self._sites[name] = dict(
-                family=family, event_dim=event_dim, reinterpreted=reinterpreted,
-                batch_shape=base_batch_shape, frames=frames, init=init,
+                kind=kind, event_dim=event_dim, reinterpreted=fn.event_dim - base.event_dim,
+                element_shape=_element_shape(fn), frames=frames, init=init,
             )
 
     def _site_dist(self, name, logits):
+        """The guide distribution of a site: its family over the site's elements, with the
+        model's ``.to_event`` dims."""
         info = self._sites[name]
-        if info["family"] == "categorical":
-            d = dist.CategoricalLogits(logits)
+        shape = info["element_shape"]
+        if info["kind"] == "categorical":
+            d = dist.CategoricalLogits(jnp.broadcast_to(logits, shape + jnp.shape(logits)[-1:]))
         else:
-            d = dist.BernoulliLogits(logits)
-        if tuple(d.batch_shape) != info["batch_shape"]:
-            d = d.expand(info["batch_shape"])
-        if info["reinterpreted"]:
-            d = d.to_event(info["reinterpreted"])
-        return d
+            d = dist.BernoulliLogits(jnp.broadcast_to(logits, shape))
+        return d.to_event(info["reinterpreted"]) if info["reinterpreted"] else d
 
     def _logits(self, name, network_logits):
         info = self._sites[name]
@@ -284,7 +255,7 @@ class AutoCategorical(AutoGuide):
             if key not in params:
                 continue
             logits = params[key]
-            if info["family"] == "categorical":
+            if info["kind"] == "categorical":
                 result[name] = jnp.argmax(logits, -1)
             else:
                 result[name] = (logits > 0).astype(jnp.result_type(float))

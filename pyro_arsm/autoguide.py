@@ -28,47 +28,12 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.guides import prototype_hide_fn
+from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroModule, PyroParam
 from pyro.ops.tensor_utils import periodic_repeat
+from pyro_arsm.elbo import _arsm_kind, _element_shape
 
 __all__ = ["AutoCategorical", "discrete_latent_sites"]
-
-_FAMILIES = {
-    dist.Categorical: "categorical",
-    dist.OneHotCategorical: "one_hot",
-    dist.Bernoulli: "bernoulli",
-}
-
-
-def _deep_setattr(obj, key, value):
-    *path, last = key.split(".")
-    for part in path:
-        if not hasattr(obj, part):
-            setattr(obj, part, PyroModule())
-        obj = getattr(obj, part)
-    setattr(obj, last, value)
-
-
-def _unwrap(fn):
-    """Strip ``Independent`` and ``MaskedDistribution`` wrappers: ``(base, reinterpreted_dims)``."""
-    reinterpreted = 0
-    while True:
-        if isinstance(fn, torch.distributions.Independent):
-            reinterpreted += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif isinstance(fn, dist.MaskedDistribution):
-            fn = fn.base_dist
-        else:
-            return fn, reinterpreted
-
-
-def _family(fn):
-    base, _ = _unwrap(fn)
-    for cls, family in _FAMILIES.items():
-        if isinstance(base, cls):
-            return family
-    return None
-
 
 def discrete_latent_sites(model, *args, **kwargs):
     """Names of the model's latent (unobserved) sample sites with discrete support.
@@ -169,35 +134,32 @@ class AutoCategorical(AutoGuide):
                     f"poutine.block(model, hide=['{name}'])) or remove the enumerate flag / "
                     "config_enumerate from the model to sample it with ARSM."
                 )
-            family = _family(fn)
-            if family is None:
+            kind, base = _arsm_kind(fn)
+            if kind is None:
                 if not fn.support.is_discrete:
                     raise ValueError(
                         f"AutoCategorical: site '{name}' ({type(fn).__name__}) is continuous; "
                         "AutoCategorical only guides discrete latents. Combine guides: "
+                        "discrete = pyro_arsm.discrete_latent_sites(model, *args); "
                         "guide = AutoGuideList(model); "
-                        f"guide.append(AutoNormal(poutine.block(model, hide=discrete))); "
-                        "guide.append(AutoCategorical(poutine.block(model, expose=discrete))) with "
-                        "discrete = pyro_arsm.discrete_latent_sites(model, *args)."
+                        "guide.append(AutoNormal(poutine.block(model, hide=discrete))); "
+                        "guide.append(AutoCategorical(model, sites=discrete))."
                     )
                 raise NotImplementedError(
                     f"AutoCategorical: site '{name}' has a discrete distribution "
-                    f"{type(_unwrap(fn)[0]).__name__} that is not supported (Categorical, "
+                    f"{type(fn).__name__} that is not supported (Categorical, "
                     "OneHotCategorical and Bernoulli are); write its guide site by hand."
                 )
-            base, reinterpreted = _unwrap(fn)
             value = site["value"]
-            if family == "categorical":
-                num_categories = base.logits.size(-1)
-                shape = value.shape + (num_categories,)
+            if kind == "categorical":
+                shape = value.shape + base.logits.shape[-1:]
                 event_dim = fn.event_dim + 1
             else:
-                num_categories = None
                 shape = value.shape
                 event_dim = fn.event_dim
             self._sites[name] = dict(
-                family=family, event_dim=event_dim, reinterpreted=reinterpreted,
-                num_categories=num_categories, batch_shape=base.batch_shape,
+                kind=kind, event_dim=event_dim, reinterpreted=fn.event_dim - base.event_dim,
+                element_shape=torch.Size(_element_shape(kind, fn)),
                 frames=[f for f in site["cond_indep_stack"] if f.vectorized],
             )
             if name in amortized:
@@ -209,22 +171,25 @@ class AutoCategorical(AutoGuide):
                 full_size = frame.full_size or frame.size
                 if full_size != frame.size:
                     init = periodic_repeat(init, full_size, frame.dim - event_dim).contiguous()
-            _deep_setattr(self.logits, name, PyroParam(init, constraints.real, event_dim))
+            deep_setattr(self.logits, name, PyroParam(init, constraints.real, event_dim))
 
     def _site_dist(self, name, logits):
+        """The guide distribution of a site: its family over the site's elements, with the
+        model's ``.to_event`` dims."""
         info = self._sites[name]
-        if info["family"] == "categorical":
-            batch_shape = info["batch_shape"]
-            d = dist.Categorical(logits=logits.expand(batch_shape + logits.shape[-1:]))
-        elif info["family"] == "one_hot":
-            d = dist.OneHotCategorical(logits=logits)
-            d = d.expand(info["batch_shape"]) if d.batch_shape != info["batch_shape"] else d
+        shape = info["element_shape"]
+        if info["kind"] == "bernoulli":
+            d = dist.Bernoulli(logits=logits.expand(shape))
         else:
-            d = dist.Bernoulli(logits=logits)
-            d = d.expand(info["batch_shape"]) if d.batch_shape != info["batch_shape"] else d
-        if info["reinterpreted"]:
-            d = d.to_event(info["reinterpreted"])
-        return d
+            family = dist.Categorical if info["kind"] == "categorical" else dist.OneHotCategorical
+            d = family(logits=logits.expand(shape + logits.shape[-1:]))
+        return d.to_event(info["reinterpreted"]) if info["reinterpreted"] else d
+
+    def _logits(self, name, network_logits):
+        """The site's logits: the network's (subsampled like data) or the local parameter."""
+        if name in network_logits:
+            return pyro.subsample(network_logits[name], event_dim=self._sites[name]["event_dim"])
+        return operator.attrgetter(name)(self.logits)
 
     def forward(self, *args, **kwargs):
         """Sample every discrete latent site; returns ``{site_name: value}``."""
@@ -237,11 +202,7 @@ class AutoCategorical(AutoGuide):
             with ExitStack() as stack:
                 for frame in info["frames"]:
                     stack.enter_context(plates[frame.name])
-                if name in network_logits:
-                    logits = pyro.subsample(network_logits[name], event_dim=info["event_dim"])
-                else:
-                    logits = operator.attrgetter(name)(self.logits)
-                result[name] = pyro.sample(name, self._site_dist(name, logits))
+                result[name] = pyro.sample(name, self._site_dist(name, self._logits(name, network_logits)))
         return result
 
     @torch.no_grad()
@@ -260,9 +221,9 @@ class AutoCategorical(AutoGuide):
                 logits = network_logits[name]
             else:
                 logits = operator.attrgetter(name)(self.logits).detach()
-            if info["family"] == "categorical":
+            if info["kind"] == "categorical":
                 result[name] = logits.argmax(-1)
-            elif info["family"] == "one_hot":
+            elif info["kind"] == "onehot":
                 result[name] = torch.nn.functional.one_hot(
                     logits.argmax(-1), logits.size(-1)).to(logits.dtype)
             else:
