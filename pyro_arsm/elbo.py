@@ -43,10 +43,12 @@ _SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits", "rng_state"])
 _Particle = namedtuple(
     "_Particle",
     ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
-     "noise", "max_plate_nesting", "deps"],
+     "noise", "max_plate_nesting", "deps", "signature"],
 )
 # deps: None (read the dependencies from provenance on the traces) or, when cached, a dict
 # site -> (model_deps, guide_deps, downstream) of frozensets of site names.
+# signature: the model structure (site names, types, shapes), the key of what is remembered
+# about the batched pseudo pass.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,9 +131,11 @@ class _ARSMSampler(Messenger):
     numbers with the real pass.
     """
 
-    def __init__(self, reuse=None, record_rng=False):
+    def __init__(self, reuse=None, record_rng=False, check_finite=True):
         super().__init__()
+        self.check_finite = check_finite
         self.noise = {}
+        self.enumerated = set()
         self.reuse = reuse or {}
         self.record_rng = record_rng
 
@@ -141,19 +145,18 @@ class _ARSMSampler(Messenger):
         if isinstance(msg["fn"], _Subsample):
             return
         name = msg["name"]
-        if msg["infer"].get("enumerate"):
-            raise ValueError(
-                f"ARSM_ELBO: guide site '{name}' is marked for enumeration "
-                f"(infer={{'enumerate': {msg['infer']['enumerate']!r}}}). ARSM samples guide "
-                "sites; remove config_enumerate from the guide, or use TraceEnum_ELBO to "
-                "enumerate it exactly."
-            )
         kind, base = _arsm_kind(msg["fn"])
+        if kind is not None and msg["infer"].get("enumerate"):
+            # A guide written for TraceEnum_ELBO (config_enumerate): sample the site instead, as
+            # Trace_ELBO does; the ELBO warns once. The flag is dropped so that replaying this
+            # trace into the model does not mark the model site as enumerated.
+            self.enumerated.add(name)
+            msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
         if kind is None:
             return
         element_shape = _element_shape(kind, msg["fn"])
         logits = _site_logits(kind, base, element_shape).detach()
-        if not torch.isfinite(logits).all():
+        if self.check_finite and not torch.isfinite(logits).all():
             bad = "NaN" if torch.isnan(logits).any() else "infinite"
             raise ValueError(
                 f"ARSM_ELBO: guide site '{name}' has {bad} logits. ARSM needs finite logits: "
@@ -242,8 +245,15 @@ class ARSM_ELBO(ELBO):
 
     By default all pseudo actions of a site are evaluated in one batched pass of guide and model
     under an extra :class:`~pyro.plate` left of ``max_plate_nesting``; this requires model and
-    guide to broadcast on the left, as for ``vectorize_particles`` or parallel enumeration.
-    ``vectorize_pseudo=False`` evaluates them one by one instead.
+    guide to broadcast on the left, as for ``vectorize_particles`` or parallel enumeration. On the
+    first step of each model structure a few pseudo actions of each site are evaluated both in
+    one batched pass and one at a time, with every other guide site replayed; where the batched
+    pass fails or disagrees (a model that sums over all dims, reads ``z[0]``, concatenates along
+    a fixed dim or asserts shapes), that site's pseudo actions are evaluated one at a time from
+    then on, with one warning naming the site.
+
+    Guide sites configured for enumeration (``config_enumerate``, for ``TraceEnum_ELBO``) are
+    sampled and get ARSM gradients, with one warning, as :class:`~pyro.infer.Trace_ELBO` does.
 
     The reported loss is the usual single-sample ``-ELBO`` (averaged over particles).
 
@@ -259,8 +269,11 @@ class ARSM_ELBO(ELBO):
         sites use DisARM for ``"arsm"``/``"ars"``, AR for ``"ar"`` and RLOO for ``"rloo"``.
     :param int num_rloo_samples: samples per site for ``estimator="rloo"`` (default: the ARSM
         budget, ``C(C-1)/2 + 1`` for a categorical site, 2 for a Bernoulli site).
-    :param bool vectorize_pseudo: evaluate all pseudo actions of a site in one batched pass
-        (default) or sequentially.
+    :param vectorize_pseudo: ``"auto"`` (default): one batched pass per site where the check
+        on the first step of a model structure finds it right, else one pass per pseudo action
+        (with a warning); ``True``: batched, and raise where the check fails; ``False``: one pass
+        per pseudo action (slower; needs nothing of the model).
+    :param bool check_finite: raise, naming the site, when a site's logits are NaN or infinite.
     :param bool warn_score_function: warn once about each site that falls back to the
         score-function estimator.
     :param bool cache_dependencies: find which cost terms depend on which site by provenance
@@ -285,8 +298,9 @@ class ARSM_ELBO(ELBO):
         vectorize_particles=False,
         estimator="arsm",
         num_rloo_samples=None,
-        vectorize_pseudo=True,
+        vectorize_pseudo="auto",
         warn_score_function=True,
+        check_finite=True,
         cache_dependencies=True,
         retain_graph=None,
         ignore_jit_warnings=False,
@@ -304,10 +318,16 @@ class ARSM_ELBO(ELBO):
         self.num_rloo_samples = num_rloo_samples
         if num_rloo_samples is not None and num_rloo_samples < 2:
             raise ValueError("ARSM_ELBO: num_rloo_samples must be at least 2")
+        if vectorize_pseudo not in ("auto", True, False):
+            raise ValueError(
+                f"ARSM_ELBO: vectorize_pseudo must be 'auto', True or False, got {vectorize_pseudo!r}")
         self.vectorize_pseudo = vectorize_pseudo
+        self.check_finite = check_finite
         self.warn_score_function = warn_score_function
         self._warned_sites = set()
-        self._checked_sites = set()
+        # (model key, structure signature, site) -> "batched" | "sequential": how that site's
+        # pseudo actions are evaluated, decided by the check on the first step of a structure
+        self._pseudo_mode = {}
         self.cache_dependencies = cache_dependencies
         self._dep_cache = {}
         self._model_key = None
@@ -327,20 +347,21 @@ class ARSM_ELBO(ELBO):
         # structure, on a replay of the sampled values, and is cached.
         entry = self._dep_cache.setdefault(
             self._model_key, {"provenance": not self.cache_dependencies, "deps": {}})
-        sampler = _ARSMSampler(record_rng=not self.vectorize_pseudo)
+        sampler = _ARSMSampler(record_rng=self.vectorize_pseudo is not True,
+                               check_finite=self.check_finite)
         with TrackNonReparam() if entry["provenance"] else contextlib.nullcontext():
             with sampler:
                 raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             raw_model_trace = poutine.trace(
                 poutine.replay(model, trace=raw_guide_trace)
             ).get_trace(*args, **kwargs)
-        self._check_sites(raw_model_trace, raw_guide_trace)
+        self._check_sites(raw_model_trace, raw_guide_trace, sampler.enumerated)
         if pyro.infer.util.is_validation_enabled():
             check_model_guide_match(raw_model_trace, raw_guide_trace, self.max_plate_nesting)
 
         deps = None
+        signature = _signature(raw_model_trace, raw_guide_trace)
         if not entry["provenance"]:
-            signature = _signature(raw_model_trace, raw_guide_trace)
             deps = entry["deps"].get(signature)
             if deps is None:
                 raw_guide_trace, raw_model_trace = _replay_with_provenance(
@@ -365,13 +386,23 @@ class ARSM_ELBO(ELBO):
         if self.max_plate_nesting != float("inf"):
             nesting = max(nesting, self.max_plate_nesting)
         return _Particle(model, guide, model_trace, guide_trace, raw_guide_trace,
-                         raw_model_trace, sampler.noise, nesting, deps)
+                         raw_model_trace, sampler.noise, nesting, deps, signature)
 
     def _get_traces(self, model, guide, args, kwargs):
         self._model_key = (id(model), id(guide))
         yield from super()._get_traces(model, guide, args, kwargs)
 
-    def _check_sites(self, model_trace, guide_trace):
+    def _warn_once(self, key, message):
+        if key not in self._warned_sites:
+            self._warned_sites.add(key)
+            warnings.warn(message, stacklevel=5)
+
+    def _check_sites(self, model_trace, guide_trace, enumerated=()):
+        for name in enumerated:
+            self._warn_once(("enumerate", name), (
+                f"ARSM_ELBO: guide site '{name}' is configured for enumeration (e.g. by "
+                "config_enumerate); ARSM_ELBO samples it and estimates its gradient with ARSM "
+                "instead. Use TraceEnum_ELBO to enumerate it exactly."))
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue
@@ -403,23 +434,16 @@ class ARSM_ELBO(ELBO):
             if site["is_observed"] or getattr(site["fn"], "has_rsample", False):
                 continue
             kind, _ = _arsm_kind(site["fn"])
-            if kind is None and self.warn_score_function and name not in self._warned_sites:
-                self._warned_sites.add(name)
-                warnings.warn(
+            if kind is None and self.warn_score_function:
+                self._warn_once(("score_function", name), (
                     f"ARSM_ELBO: guide site '{name}' ({type(site['fn']).__name__}) is neither "
                     "categorical nor Bernoulli; it gets the TraceGraph_ELBO score-function "
                     "gradient (unbiased, higher variance). Pass warn_score_function=False to "
-                    "silence this.",
-                    stacklevel=4,
-                )
+                    "silence this."))
             if kind is not None and site["infer"].get("baseline"):
-                if name not in self._warned_sites:
-                    self._warned_sites.add(name)
-                    warnings.warn(
-                        f"ARSM_ELBO: the baseline of site '{name}' is ignored: ARSM gets its "
-                        "variance reduction from the swap table and needs no baseline.",
-                        stacklevel=4,
-                    )
+                self._warn_once(("baseline", name), (
+                    f"ARSM_ELBO: the baseline of site '{name}' is ignored: ARSM gets its "
+                    "variance reduction from the swap table and needs no baseline."))
 
     # --- loss --------------------------------------------------------------------------------
 
@@ -457,6 +481,9 @@ class ARSM_ELBO(ELBO):
         This also makes ``ARSM_ELBO()(model, guide)`` an :class:`~pyro.infer.elbo.ELBOModule`.
         """
         loss, surrogate_loss = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        # (plain numbers when nothing was scored, e.g. an empty model and guide: a zero loss)
+        loss, surrogate_loss = torch.as_tensor(loss), torch.as_tensor(surrogate_loss)
+        warn_if_nan(loss, "loss")
         return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
@@ -573,34 +600,16 @@ class ARSM_ELBO(ELBO):
         # Evaluate f once per distinct whole-site vector; the true action reuses the real pass.
         flat = actions.reshape(actions.shape[0], -1)
         unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        unique = unique.reshape((unique.shape[0],) + tuple(actions.shape[1:]))
         true_unique = int(inverse[true_row])
         others = [u for u in range(unique.shape[0]) if u != true_unique]
         unique_costs = real_cost.new_empty((unique.shape[0],) + cost_shape)
         unique_costs[true_unique] = real_cost
         if others:
             self.last_num_pseudo_evaluations += len(others)
-            # The first batched pass of a site also re-evaluates the true action and compares it
-            # with the real pass: a model that mixes the pseudo-action dim into other dims (e.g.
-            # sums over all batch dims) would otherwise give a silently wrong gradient.
-            check = self.vectorize_pseudo and not downstream and name not in self._checked_sites
-            rows = ([true_unique] if check else []) + others
-            values = unique[rows].reshape((len(rows),) + tuple(actions.shape[1:]))
-            costs = self._pseudo_costs(particle, spec, kind, values, cost_shape, downstream,
-                                       args, kwargs)
-            if check:
-                self._checked_sites.add(name)
-                if not torch.allclose(costs[0], real_cost, rtol=1e-3, atol=1e-3):
-                    raise _PseudoShapeError(
-                        f"ARSM_ELBO: in the batched pseudo-action pass for guide site '{name}', "
-                        "the cost at the true action differs from the real pass (max abs "
-                        f"difference {(costs[0] - real_cost).abs().max():.3g}): the model or "
-                        "guide mixes the pseudo-action dim (left of max_plate_nesting) with "
-                        "others, e.g. by summing or reshaping over all dims. Make it broadcast on "
-                        "the left, set max_plate_nesting, or pass "
-                        "ARSM_ELBO(vectorize_pseudo=False)."
-                    )
-                costs = costs[1:]
-            unique_costs[others] = costs
+            pseudo = _PseudoPass(particle, spec, kind, cost_shape, downstream, args, kwargs)
+            unique_costs[others] = self._pseudo_costs(pseudo, unique[true_unique], unique[others],
+                                                      real_cost)
         table = unique_costs[inverse]  # [R, *cost_shape]
 
         if self.estimator == "rloo":
@@ -613,70 +622,168 @@ class ARSM_ELBO(ELBO):
             return est.ars_grad(table, noise.noise, reference), logits
         return est.arsm_grad(table, noise.noise), logits
 
-    def _pseudo_costs(self, particle, spec, kind, actions, cost_shape, downstream, args, kwargs):
-        """Costs ``[U, *cost_shape]`` of a site at ``U`` pseudo actions ``[U, *elements]``."""
-        name = spec.name
-        site = particle.guide_trace.nodes[name]
-        fn = site["fn"]
-        batch_shape = tuple(fn.batch_shape)
-        C = particle.noise[name].noise.shape[-1] if kind != "bernoulli" else 2
-        values = _value_from_action(kind, actions, C, particle.noise[name].logits.dtype)
-        value_shape = batch_shape + tuple(fn.event_shape)
-        # Sites present in the real guide trace and not downstream are replayed (upstream or
-        # independent sites, subsample indices); the rest is re-sampled.
-        part = poutine.Trace()
-        for n, s in particle.raw_guide_trace.nodes.items():
-            if s["type"] == "sample" and n != name and n not in downstream:
-                part.add_node(n, **{**s, "value": detach_provenance(s["value"])})
-        model_subsample = {
+    def _pseudo_costs(self, pseudo, true_action, actions, real_cost):
+        """Costs ``[U, *cost_shape]`` of a site at ``U`` pseudo actions ``[U, *elements]``.
+
+        ``vectorize_pseudo=False``: one pass per action. Otherwise one batched pass, if the check
+        on the first step of this model structure (:meth:`_check_batched`) found it right;
+        ``"auto"`` falls back to the sequential path (with one warning) where it is not.
+        """
+        name = pseudo.spec.name
+        if self.vectorize_pseudo is False:
+            return pseudo.sequential(actions)
+        key = (self._model_key, pseudo.particle.signature, name)
+        mode = self._pseudo_mode.get(key)
+        if mode is None:
+            check_rows = torch.cat([true_action.unsqueeze(0), actions[:_NUM_CHECK_ROWS - 1]])
+            problem = self._check_batched(pseudo, check_rows, real_cost)
+            mode = self._pseudo_mode[key] = "batched" if problem is None else "sequential"
+            if problem is not None:
+                self._batched_failed(name, problem, actions.shape[0], pseudo.dim)
+        if mode == "batched":
+            try:
+                return pseudo.batched(actions)
+            except Exception as e:  # the check passed on fewer rows or another step's data
+                self._pseudo_mode[key] = "sequential"
+                self._batched_failed(name, f"failed ({type(e).__name__}: {e})",
+                                     actions.shape[0], pseudo.dim, e)
+        return pseudo.sequential(actions)
+
+    def _check_batched(self, pseudo, rows, real_cost):
+        """Evaluates a few pseudo actions (the true one first) both in one batched pass and one
+        by one, every other guide site replayed at its real value, so that both are deterministic
+        functions of the action. Returns ``None`` if they agree, else what went wrong.
+
+        This catches a model or guide that mixes the pseudo-action dim with others (sums or
+        reshapes over all dims, ``torch.cat`` along a fixed dim, indexing ``z[0]``, shape
+        asserts), downstream guide sites included."""
+        try:
+            batched = pseudo.batched(rows, replay_all=True)
+        except Exception as e:
+            if isinstance(e, _PseudoShapeError):
+                return str(e)
+            return f"failed ({type(e).__name__}: {e})"
+        sequential = pseudo.sequential(rows, replay_all=True)
+        if not _same_costs(sequential[0], real_cost):
+            # e.g. randomness outside sample sites (dropout): nothing to compare against
+            return ("cannot be checked: re-evaluating the true action does not reproduce the "
+                    "real pass's cost (randomness outside pyro.sample sites, such as dropout?)")
+        if not _same_costs(batched, sequential):
+            diff = (batched - sequential).abs().max()
+            return ("gives other costs than evaluating the same actions one at a time (max abs "
+                    f"difference {diff:.3g}): the model or guide mixes the pseudo-action dim with "
+                    "others, e.g. sums or reshapes over all dims, indexes sample values with "
+                    "z[0], or concatenates along a fixed dim")
+        return None
+
+    def _batched_failed(self, name, problem, num_actions, dim, error=None):
+        message = (
+            f"ARSM_ELBO: the batched pseudo-action pass for guide site '{name}' {problem}. "
+            f"ARSM_ELBO evaluates the {num_actions} pseudo actions of a site in one pass under a "
+            f"plate at dim {dim}, which needs model and guide to broadcast on the left: no "
+            "x.view(batch, -1), len(z), .item(), z[0] or torch.cat along a fixed dim on values "
+            "that depend on a sample (use dim=-1, Vindex, and declare batch dims with "
+            "pyro.plate); set max_plate_nesting if the guess was wrong."
+        )
+        if self.vectorize_pseudo is True:
+            raise _PseudoShapeError(
+                message + " Pass ARSM_ELBO(vectorize_pseudo=False) (or the default 'auto') to "
+                "evaluate pseudo actions one at a time.") from error
+        self._warn_once(("pseudo", name), message + " Its pseudo actions are evaluated one at a "
+                        "time instead (correct, slower); pass vectorize_pseudo=False to silence "
+                        "this warning.")
+
+
+_NUM_CHECK_ROWS = 4  # rows of the batched-pass check: the true action and up to 3 pseudo actions
+
+
+def _same_costs(a, b):
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-4 * scale))
+
+
+class _PseudoPass:
+    """Evaluates the cost of one ARSM site at pseudo actions: batched under a pseudo-action plate
+    left of ``max_plate_nesting``, or one action at a time.
+
+    Guide sites upstream of or independent of the site are replayed (and subsample indices);
+    downstream ones are re-sampled, discrete ones from the real pass's noise and, on the
+    sequential path, the others from the real pass's torch RNG stream (common random numbers).
+    With ``replay_all``, downstream sites are replayed too (for the batched-pass check).
+    """
+
+    def __init__(self, particle, spec, kind, cost_shape, downstream, args, kwargs):
+        self.particle, self.spec, self.kind = particle, spec, kind
+        self.cost_shape, self.downstream = cost_shape, downstream
+        self.args, self.kwargs = args, kwargs
+        self.site = particle.guide_trace.nodes[spec.name]
+        fn = self.site["fn"]
+        self.batch_shape = tuple(fn.batch_shape)
+        self.value_shape = self.batch_shape + tuple(fn.event_shape)
+        self.n_event = len(cost_shape) - len(self.batch_shape)
+        self.dim = -(particle.max_plate_nesting + 1)
+        self.model_subsample = {
             n: s for n, s in particle.raw_model_trace.nodes.items()
             if s["type"] == "sample" and isinstance(s["fn"], _Subsample)
             and n not in particle.raw_guide_trace.nodes
         }
-        reuse = {n: v for n, v in particle.noise.items() if n in downstream}
-        U = values.shape[0]
-        n_event = len(cost_shape) - len(batch_shape)
+        self.reuse = {n: v for n, v in particle.noise.items() if n in downstream}
+
+    def _values(self, actions):
+        noise = self.particle.noise[self.spec.name]
+        C = noise.noise.shape[-1] if self.kind != "bernoulli" else 2
+        return _value_from_action(self.kind, actions, C, noise.logits.dtype)
+
+    def _replayed(self, replay_all):
+        """The guide sites to replay: all but the site (and, unless ``replay_all``, but the
+        sites downstream of it)."""
+        part = poutine.Trace()
+        for n, s in self.particle.raw_guide_trace.nodes.items():
+            if s["type"] == "sample" and n != self.spec.name and (
+                    replay_all or n not in self.downstream):
+                part.add_node(n, **{**s, "value": detach_provenance(s["value"])})
+        return part
+
+    def batched(self, actions, replay_all=False):
+        U = actions.shape[0]
+        nesting = self.particle.max_plate_nesting
+        pad = (1,) * (nesting - len(self.batch_shape))
+        part = self._replayed(replay_all)  # replayed values broadcast over the rows
+        part.add_node(self.spec.name, **{
+            **self.site, "value": self._values(actions).reshape((U,) + pad + self.value_shape)})
+        guide = _with_pseudo_plate(self.particle.guide, U, self.dim)
+        model = _with_pseudo_plate(self.particle.model, U, self.dim)
         # Pseudo values are valid by construction and the real pass was validated: skip the
         # distributions' argument checks, which cost as much as the decoder on large sites.
         with torch.no_grad(), pyro.validation_enabled(False):
-            if self.vectorize_pseudo:
-                nesting = particle.max_plate_nesting
-                dim = -(nesting + 1)
-                pad = (1,) * (nesting - len(batch_shape))
-                part.add_node(name, **{**site, "value": values.reshape((U,) + pad + value_shape)})
-                guide = _with_pseudo_plate(particle.guide, U, dim)
-                model = _with_pseudo_plate(particle.model, U, dim)
-                try:
-                    shared, own = _pass_cost(guide, model, part, model_subsample, reuse, spec,
-                                             args, kwargs, None, pseudo=(U, dim))
-                    if not isinstance(own, float):
-                        own = own.reshape((U,) + cost_shape)
-                    return _combine_costs(shared, own, (U,) + pad + batch_shape,
-                                          (U,) + cost_shape, n_event, name)
-                except (RuntimeError, ValueError, IndexError) as e:
-                    if isinstance(e, _PseudoShapeError):
-                        raise
-                    raise ValueError(
-                        f"ARSM_ELBO: the batched pseudo-action pass for guide site '{name}' "
-                        f"failed ({type(e).__name__}: {e}). ARSM_ELBO evaluates the {U} pseudo "
-                        f"actions of a site in one pass under a plate at dim {dim}, so model and "
-                        "guide must broadcast on the left (no x.view(batch, -1), len(z), .item() "
-                        "or fixed-dim torch.cat on sample values); set max_plate_nesting if it "
-                        "was guessed wrong, or pass ARSM_ELBO(vectorize_pseudo=False) to "
-                        "evaluate pseudo actions one at a time."
-                    ) from e
-            costs = []
-            for u in range(U):
-                trace_u = poutine.Trace()
+            shared, own = _pass_cost(guide, model, part, self.model_subsample, self.reuse,
+                                     self.spec, self.args, self.kwargs, None,
+                                     pseudo=(U, self.dim))
+        if not isinstance(own, float):
+            own = own.reshape((U,) + self.cost_shape)
+        return _combine_costs(shared, own, (U,) + pad + self.batch_shape,
+                              (U,) + self.cost_shape, self.n_event, self.spec.name)
+
+    def sequential(self, actions, replay_all=False):
+        part = self._replayed(replay_all)
+        values = self._values(actions)
+        rng_state = self.particle.noise[self.spec.name].rng_state
+        costs = []
+        with torch.no_grad(), pyro.validation_enabled(False):
+            for value in values:
+                trace = poutine.Trace()
                 for n, s in part.nodes.items():
-                    trace_u.add_node(n, **s)
-                trace_u.add_node(name, **{**site, "value": values[u].reshape(value_shape)})
+                    trace.add_node(n, **s)
+                trace.add_node(self.spec.name,
+                               **{**self.site, "value": value.reshape(self.value_shape)})
                 with torch.random.fork_rng(devices=[]):
-                    shared, own = _pass_cost(particle.guide, particle.model, trace_u,
-                                             model_subsample, reuse, spec, args, kwargs,
-                                             particle.noise[name].rng_state)
-                costs.append(_combine_costs(shared, own, batch_shape, cost_shape, n_event, name))
-            return torch.stack(costs)
+                    shared, own = _pass_cost(self.particle.guide, self.particle.model, trace,
+                                             self.model_subsample, self.reuse, self.spec,
+                                             self.args, self.kwargs, rng_state)
+                costs.append(_combine_costs(shared, own, self.batch_shape, self.cost_shape,
+                                            self.n_event, self.spec.name))
+        return torch.stack(costs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -834,13 +941,8 @@ def _site_cost(model_trace, guide_trace, spec, target, pseudo=None):
                 size, dim = pseudo
                 if log_prob.dim() < -dim or log_prob.shape[dim] != size:
                     raise _PseudoShapeError(
-                        f"ARSM_ELBO: in the batched pseudo-action pass for guide site "
-                        f"'{spec.name}', the log-prob of site '{n}' has shape "
-                        f"{tuple(log_prob.shape)}, without the {size} pseudo actions at dim "
-                        f"{dim}: the model or guide does not broadcast on the left. Make it "
-                        "broadcast (no x.view(batch, -1) or len(z) on sample values), set "
-                        "max_plate_nesting, or pass ARSM_ELBO(vectorize_pseudo=False)."
-                    )
+                        f"gives site '{n}' a log-prob of shape {tuple(log_prob.shape)}, without "
+                        f"the {size} pseudo actions at dim {dim}")
             shared.add((s["cond_indep_stack"], sign * log_prob))
     return shared.sum_to(target), own
 
@@ -889,4 +991,5 @@ def _pass_cost(guide, model, part, model_subsample, reuse, spec, args, kwargs, r
 
 
 class _PseudoShapeError(ValueError):
-    pass
+    """The batched pseudo-action pass cannot be right for a site (raised with
+    ``vectorize_pseudo=True``; the default falls back to the sequential path)."""

@@ -1,0 +1,337 @@
+"""ARSM_ELBO as a drop-in loss for models written without it in mind (issue 10).
+
+Each model here is written the way Pyro's own examples and tests write theirs, and is run with
+only the loss swapped: models that mix the pseudo-action dim (sums over all dims, ``b[0]``,
+``torch.cat`` along a fixed dim, shape asserts), guides configured for ``TraceEnum_ELBO``, and
+degenerate models. The default ``vectorize_pseudo="auto"`` must give the unbiased gradient
+(z-test against an exact gradient) with exactly one warning per site.
+"""
+
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+
+import pyro
+import pyro.distributions as dist
+from pyro.infer import SVI, Trace_ELBO, config_enumerate
+from pyro_arsm import ARSM_ELBO
+try:
+    from pyro_arsm.elbo import _PseudoPass
+except ImportError:
+    _PseudoPass = None
+from pyro_exact import assert_unbiased, brute_force_gradient, enum_gradient, gradient_draws
+from test_pyro_unbiased import _fresh, init  # noqa: F401  (_fresh: autouse param-store fixture)
+
+
+def draws_and_warnings(elbo, model, guide, names, num_draws, *args):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draws = gradient_draws(elbo, model, guide, names, num_draws, *args)
+    return draws, [str(w.message) for w in caught if "ARSM_ELBO" in str(w.message)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding 1: a model that sums over all dims, with a continuous guide site downstream of z
+# ---------------------------------------------------------------------------------------------
+
+LOC = torch.tensor([-1.0, 0.5, 2.0])
+W_MEAN = torch.tensor([0.3, -0.2, 0.1])
+X_OBS = 1.5
+
+
+def mixing_model():
+    with pyro.plate("p", 2):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    pyro.sample("x", dist.Normal(LOC[z].sum() + w.sum(), 1.0), obs=torch.tensor(X_OBS))
+
+
+def mixing_guide():
+    e = pyro.param("e", torch.tensor([[0.2, -0.3, 0.1], [0.5, 0.0, -0.4]]))
+    with pyro.plate("p", 2):
+        z = pyro.sample("z", dist.Categorical(logits=e))
+        pyro.sample("w", dist.Normal(W_MEAN[z], 1.0))
+
+
+def mixing_exact_gradient():
+    """Exact gradient of ``-ELBO`` in ``e``: the expectation over ``w | z`` is closed-form
+    (Gaussians), the one over ``z`` a sum over its 9 values."""
+    e = pyro.param("e").unconstrained()
+    log_q = e.log_softmax(-1)
+    total = 0.0
+    for z in itertools.product(range(3), repeat=2):
+        z = torch.tensor(z)
+        m = W_MEAN[z]
+        # E_w log N(x; a + sum w, 1), sum w ~ N(sum m, 2); E_w log N(w; 0, 1); E_w log q(w | z)
+        log_lik = -0.5 * math.log(2 * math.pi) - 0.5 * ((X_OBS - LOC[z].sum() - m.sum()) ** 2 + 2)
+        log_p_w = (-0.5 * math.log(2 * math.pi) - 0.5 * (m ** 2 + 1)).sum()
+        log_q_w = 2 * (-0.5 * math.log(2 * math.pi) - 0.5)
+        log_qz = log_q[0, z[0]] + log_q[1, z[1]]
+        f = log_lik + log_p_w + 2 * math.log(1 / 3) - log_q_w - log_qz
+        total = total - log_qz.exp() * f
+    return torch.autograd.grad(total, e)[0].reshape(-1)
+
+
+@pytest.mark.parametrize("vectorize_pseudo", ["auto", pytest.param(False, marks=pytest.mark.slow)])
+def test_mixing_model_with_downstream_site_is_unbiased(vectorize_pseudo):
+    init(mixing_model, mixing_guide)
+    exact = mixing_exact_gradient()
+    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4, vectorize_pseudo=vectorize_pseudo),
+                                       mixing_model, mixing_guide, ["e"], 600)
+    assert_unbiased(draws, exact, power=0.1, label=f"mixing model, {vectorize_pseudo}")
+    if vectorize_pseudo == "auto":
+        assert len(caught) == 1 and "site 'z'" in caught[0] and "one at a time" in caught[0]
+    else:
+        assert caught == []
+
+
+def test_mixing_model_raises_with_vectorize_pseudo_true():
+    init(mixing_model, mixing_guide)
+    with pytest.raises(ValueError, match="(?s)site 'z'.*mixes the pseudo-action dim"):
+        ARSM_ELBO(vectorize_pseudo=True).loss_and_grads(mixing_model, mixing_guide)
+
+
+def discrete_mixing_model():
+    with pyro.plate("p", 2):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+        w = pyro.sample("w", dist.Bernoulli(0.5))
+    pyro.sample("x", dist.Normal(LOC[z].sum() + w.sum(), 1.0), obs=torch.tensor(X_OBS))
+
+
+def discrete_mixing_guide():
+    e = pyro.param("e", torch.tensor([[0.2, -0.3, 0.1], [0.5, 0.0, -0.4]]))
+    with pyro.plate("p", 2):
+        z = pyro.sample("z", dist.Categorical(logits=e))
+        pyro.sample("w", dist.Bernoulli(logits=torch.tensor([0.3, -1.2, 0.8])[z]))
+
+
+@pytest.mark.slow
+def test_mixing_model_with_discrete_downstream_site_against_brute_force():
+    init(discrete_mixing_model, discrete_mixing_guide)
+    exact = brute_force_gradient(discrete_mixing_model, discrete_mixing_guide, ["e"])
+    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4), discrete_mixing_model,
+                                       discrete_mixing_guide, ["e"], 500)
+    assert_unbiased(draws, exact, power=0.1, label="mixing model, discrete downstream site")
+    assert sorted(c.split("guide site ")[1][:3] for c in caught) == ["'w'", "'z'"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding 2: elements read one by one, networks that concatenate along a fixed dim
+# ---------------------------------------------------------------------------------------------
+
+BERN_DATA = torch.tensor([0.8, -0.4])
+
+
+def indexing_model(data):
+    with pyro.plate("p", 2):
+        b = pyro.sample("b", dist.Bernoulli(0.4))
+    # reads the plate's elements one by one, as hand-written models often do
+    pyro.sample("x0", dist.Normal(b[0] - 0.5 * b[1], 1.0), obs=data[0])
+    pyro.sample("x1", dist.Normal(2.0 * b[1], 1.0), obs=data[1])
+
+
+def indexing_guide(data):
+    phi = pyro.param("phi", torch.tensor([0.3, -0.6]))
+    with pyro.plate("p", 2):
+        pyro.sample("b", dist.Bernoulli(logits=phi))
+
+
+def test_model_reading_elements_by_index_is_unbiased_with_one_warning():
+    init(indexing_model, indexing_guide, BERN_DATA)
+    exact = brute_force_gradient(indexing_model, indexing_guide, ["phi"], BERN_DATA)
+    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4), indexing_model, indexing_guide,
+                                       ["phi"], 400, BERN_DATA)
+    assert_unbiased(draws, exact, power=0.1, label="b[0], b[1] in the model")
+    assert len(caught) == 1 and "site 'b'" in caught[0]
+
+
+class ConcatDecoder(torch.nn.Module):
+    """Concatenates its inputs along dim 1, as networks taking ``[z, y]`` often do."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 + 2, 2)
+
+    def forward(self, y, h):
+        return self.linear(torch.cat([y, h], dim=1))
+
+
+DECODER = ConcatDecoder()
+CAT_H = torch.tensor([[0.5, -1.0], [1.0, 0.2], [-0.3, 0.4]])
+CAT_X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+
+
+def concat_model(x):
+    pyro.module("decoder", DECODER)
+    with pyro.plate("data", 3):
+        y = pyro.sample("y", dist.OneHotCategorical(logits=torch.zeros(3)))
+        pyro.sample("x", dist.Bernoulli(logits=DECODER(y, CAT_H)).to_event(1), obs=x)
+
+
+def concat_guide(x):
+    phi = pyro.param("phi", torch.tensor([[0.5, -0.5, 0.0], [0.0, 1.0, -1.0], [0.3, 0.0, 0.2]]))
+    with pyro.plate("data", 3):
+        pyro.sample("y", dist.OneHotCategorical(logits=phi))
+
+
+def test_network_concatenating_along_fixed_dim_is_unbiased_with_one_warning():
+    torch.manual_seed(1)
+    DECODER.linear.reset_parameters()
+    init(concat_model, concat_guide, CAT_X)
+    names = ["phi", "decoder$$$linear.weight"]
+    exact = brute_force_gradient(concat_model, concat_guide, names, CAT_X)
+    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4), concat_model, concat_guide,
+                                       names, 300, CAT_X)
+    assert_unbiased(draws, exact, power=0.1, label="torch.cat along dim 1")
+    assert len(caught) == 1 and "site 'y'" in caught[0] and "failed" in caught[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding 3: a guide written for TraceEnum_ELBO
+# ---------------------------------------------------------------------------------------------
+
+MIX_DATA = torch.tensor([-1.2, 0.1, 2.3, 1.9])
+
+
+def mixture_model(data):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 2.0]))
+    weights = pyro.param("weights", torch.ones(3) / 3, constraint=dist.constraints.simplex)
+    with pyro.plate("data", len(data)):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("x", dist.Normal(locs[z], 0.8), obs=data)
+
+
+def mixture_guide(data):
+    phi = pyro.param("phi", torch.zeros(len(data), 3) + torch.tensor([0.3, 0.0, -0.3]))
+    with pyro.plate("data", len(data)):
+        pyro.sample("z", dist.Categorical(logits=phi))
+
+
+enumerated_guide = config_enumerate(mixture_guide)  # as written for TraceEnum_ELBO
+
+
+def test_config_enumerate_guide_is_sampled_with_one_warning_and_unbiased():
+    init(mixture_model, enumerated_guide, MIX_DATA)
+    names = ["phi", "locs", "weights"]
+    exact, _ = enum_gradient(mixture_model, enumerated_guide, names, 1, MIX_DATA)
+    elbo = ARSM_ELBO(num_particles=100, vectorize_particles=True)
+    draws, caught = draws_and_warnings(elbo, mixture_model, enumerated_guide, names, 40, MIX_DATA)
+    assert_unbiased(draws, exact, label="config_enumerate guide")
+    assert len(caught) == 1 and "site 'z' is configured for enumeration" in caught[0]
+
+
+def test_config_enumerate_guide_in_svi_warns_once():
+    elbo = ARSM_ELBO()
+    svi = SVI(mixture_model, enumerated_guide, pyro.optim.Adam({"lr": 0.01}), loss=elbo)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            svi.step(MIX_DATA)
+    messages = [str(w.message) for w in caught if "ARSM_ELBO" in str(w.message)]
+    assert len(messages) == 1
+
+
+def test_model_side_enumeration_stays_an_error():
+    @config_enumerate
+    def model(data):
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+            pyro.sample("x", dist.Normal(z.float(), 1.0), obs=data)
+
+    with pytest.raises(ValueError, match="site 'z' is enumerated in the model"):
+        ARSM_ELBO().loss_and_grads(model, lambda data: None, MIX_DATA)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding 4: models that assert sample shapes
+# ---------------------------------------------------------------------------------------------
+
+
+def asserting_model(data):
+    locs = pyro.param("locs", torch.tensor([-1.0, 0.5, 2.0]))
+    with pyro.plate("data", 3):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+        assert z.shape == (3,)
+        pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
+
+
+def asserting_guide(data):
+    phi = pyro.param("phi", torch.tensor([[0.5, -0.5, 0.0], [0.0, 1.0, -1.0], [0.3, 0.0, 0.2]]))
+    with pyro.plate("data", 3):
+        pyro.sample("z", dist.Categorical(logits=phi))
+
+
+def test_shape_asserting_model_takes_the_sequential_path():
+    data = MIX_DATA[:3]
+    init(asserting_model, asserting_guide, data)
+    names = ["phi", "locs"]
+    exact = brute_force_gradient(asserting_model, asserting_guide, names, data)
+    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4), asserting_model,
+                                       asserting_guide, names, 300, data)
+    assert_unbiased(draws, exact, power=0.1, label="shape-asserting model")
+    assert len(caught) == 1 and "AssertionError" in caught[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# What is remembered per model structure
+# ---------------------------------------------------------------------------------------------
+
+
+def count_passes(monkeypatch):
+    calls = {"batched": 0, "sequential": 0}
+    for name in calls:
+        original = getattr(_PseudoPass, name)
+
+        def counted(self, actions, replay_all=False, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self, actions, replay_all)
+
+        monkeypatch.setattr(_PseudoPass, name, counted)
+    return calls
+
+
+def test_failed_batched_pass_is_not_retried(monkeypatch):
+    data = MIX_DATA[:3]
+    calls = count_passes(monkeypatch)
+    elbo = ARSM_ELBO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(6):
+            elbo.loss_and_grads(asserting_model, asserting_guide, data)
+    # the check's batched attempt on the first step, then only the sequential path
+    assert calls["batched"] == 1
+    assert calls["sequential"] == 6  # (the check stopped at the failing batched pass)
+
+
+def test_good_model_is_checked_once_then_batched(monkeypatch):
+    calls = count_passes(monkeypatch)
+    elbo = ARSM_ELBO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(6):
+            elbo.loss_and_grads(mixture_model, mixture_guide, MIX_DATA)
+    assert calls["sequential"] == 1  # the check, on the first step only
+    assert calls["batched"] == 6 + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding 5: degenerate models
+# ---------------------------------------------------------------------------------------------
+
+
+def _factor_guide():
+    pyro.factor("f", torch.tensor(0.0), has_rsample=False)
+
+
+@pytest.mark.parametrize("guide", [lambda: None, _factor_guide], ids=["empty", "factor"])
+def test_degenerate_models_give_a_zero_loss(guide):
+    elbo = ARSM_ELBO()
+    reference = Trace_ELBO().loss(lambda: None, guide)
+    assert elbo.loss(lambda: None, guide) == reference == 0.0
+    assert elbo.loss_and_grads(lambda: None, guide) == 0.0
+    loss = elbo.differentiable_loss(lambda: None, guide)
+    assert torch.is_tensor(loss) and loss.item() == 0.0
+    assert elbo(lambda: None, guide)().item() == 0.0
