@@ -117,3 +117,25 @@ def load_dataset(name):
     if name == "mnist5k":
         return load_mnist5k_dataset()
     raise ValueError(f"unknown dataset {name!r}; use 'digits' or 'mnist5k'")
+
+
+def load_mnist5k_labeled():
+    """The ``mnist5k`` split of :func:`load_mnist5k_dataset` with its labels (for
+    ``ss_vae.py``): the same 4500 train / 500 test images, in the same order.
+
+    :returns: ``(train, train_labels, test, test_labels)``: ``train`` ``[4500, 784]`` float32 grey
+        levels / 255 (binarize per minibatch), ``test`` ``[500, 784]`` float32 in {0, 1}
+        (binarized once, identical to ``load_mnist5k_dataset().test``), labels int64 in 0..9.
+    """
+    with gzip.open(mnist5k_path(), "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    if table.shape != (5000, 785):
+        raise ValueError(f"mnist_5k.csv.gz: expected 5000 rows of 784 pixels + label, "
+                         f"got shape {table.shape}")
+    probs = table[:, :784] / 255.0
+    labels = table[:, 784].astype(np.int64)
+    train, test_probs = _split(probs, NUM_TEST["mnist5k"])
+    train_labels, test_labels = _split(labels, NUM_TEST["mnist5k"])
+    test_rng = np.random.RandomState(SPLIT_SEED + 1)
+    test = (test_rng.random_sample(test_probs.shape) < test_probs).astype(np.float32)
+    return train, train_labels, test, test_labels
