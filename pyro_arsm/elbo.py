@@ -30,7 +30,7 @@ from pyro_arsm import estimators as est
 __all__ = ["ARSM_ELBO"]
 
 _PSEUDO_PLATE = "_arsm_pseudo_actions"
-_ESTIMATORS = ("arsm", "ars", "ar", "rloo")
+_ESTIMATORS = ("arsm", "ars", "ar", "rloo", "local")
 
 # What the sampler learns about one ARSM site of the guide.
 #   kind: "categorical" | "onehot" | "bernoulli"
@@ -229,6 +229,12 @@ class ARSM_ELBO(ELBO):
       a step costs at most ``C(C-1)/2 + 1`` evaluations of model and guide per site, whatever the
       batch. Pseudo actions identical for the whole site are evaluated once.
     * ``Bernoulli``: **DisARM** [2] (``estimator="ar"``: the single-evaluation AR estimator).
+
+    A site whose cost is **element-separable** (no ``.to_event`` dims, and every log-prob term
+    that depends on it inside all of its plates: mixtures, token assignments) is evaluated at its
+    ``C`` columns instead, the ``k``-th setting every element to category ``k``; each swap's cost
+    is then read off this table (the same estimate at ``C`` instead of up to ``C(C-1)/2 + 1``
+    evaluations), and ``estimator="local"`` uses it for the exact local expectation.
     * other non-reparameterizable sites (Poisson, Geometric, ...): the score-function estimator of
       :class:`~pyro.infer.TraceGraph_ELBO` with its provenance-based Rao-Blackwellization and
       ``infer={"baseline": ...}`` options. A warning names such sites once.
@@ -263,16 +269,20 @@ class ARSM_ELBO(ELBO):
     :param bool vectorize_particles: vectorize over particles with an outer plate.
     :param str estimator: ``"arsm"`` (default; all ``C(C-1)/2 + 1`` swaps, merged), ``"ars"`` (one
         random reference category: ``C`` evaluations) or ``"ar"`` (1 evaluation, no pseudo pass;
-        much higher variance), or ``"rloo"``: REINFORCE with leave-one-out baselines over
+        much higher variance), ``"rloo"``: REINFORCE with leave-one-out baselines over
         ``num_rloo_samples`` independent samples of the site (Kool et al. 2019), evaluated in the
-        same batched pass, the equal-budget competitor. Applies to categorical sites; Bernoulli
-        sites use DisARM for ``"arsm"``/``"ars"``, AR for ``"ar"`` and RLOO for ``"rloo"``.
+        same batched pass, the equal-budget competitor; or ``"local"``: the exact local
+        expectation (Titsias & Lazaro-Gredilla 2015) from the per-element table, for sites whose
+        cost is element-separable (others get ARSM, with a warning). Bernoulli sites use DisARM
+        for ``"arsm"``/``"ars"``, AR for ``"ar"``, RLOO for ``"rloo"``.
     :param int num_rloo_samples: samples per site for ``estimator="rloo"`` (default: the ARSM
         budget, ``C(C-1)/2 + 1`` for a categorical site, 2 for a Bernoulli site).
     :param vectorize_pseudo: ``"auto"`` (default): one batched pass per site where the check
         on the first step of a model structure finds it right, else one pass per pseudo action
         (with a warning); ``True``: batched, and raise where the check fails; ``False``: one pass
         per pseudo action (slower; needs nothing of the model).
+    :param int pseudo_batch_size: evaluate at most this many pseudo actions per batched pass
+        (bounds the memory of a site with many distinct swaps; default: all at once).
     :param bool check_finite: raise, naming the site, when a site's logits are NaN or infinite.
     :param bool warn_score_function: warn once about each site that falls back to the
         score-function estimator.
@@ -299,6 +309,7 @@ class ARSM_ELBO(ELBO):
         estimator="arsm",
         num_rloo_samples=None,
         vectorize_pseudo="auto",
+        pseudo_batch_size=None,
         warn_score_function=True,
         check_finite=True,
         cache_dependencies=True,
@@ -322,6 +333,9 @@ class ARSM_ELBO(ELBO):
             raise ValueError(
                 f"ARSM_ELBO: vectorize_pseudo must be 'auto', True or False, got {vectorize_pseudo!r}")
         self.vectorize_pseudo = vectorize_pseudo
+        if pseudo_batch_size is not None and pseudo_batch_size < 1:
+            raise ValueError("ARSM_ELBO: pseudo_batch_size must be a positive integer or None")
+        self.pseudo_batch_size = pseudo_batch_size
         self.check_finite = check_finite
         self.warn_score_function = warn_score_function
         self._warned_sites = set()
@@ -544,83 +558,98 @@ class ARSM_ELBO(ELBO):
         return spec, downstream
 
     def _site_grad(self, particle, name, args, kwargs):
-        """ARSM (ARS, AR, DisARM) estimate for site ``name`` and its differentiable logits."""
+        """The estimate for site ``name`` and its differentiable logits, in four steps: the real
+        cost, the actions the estimator needs, their costs, the gradient."""
         site = particle.guide_trace.nodes[name]
         noise = particle.noise[name]
         kind, base = _arsm_kind(site["fn"])
         element_shape = tuple(noise.noise.shape[:-1]) if kind != "bernoulli" else tuple(
             noise.noise.shape)
         logits = _site_logits(kind, base, element_shape)
-        batch_shape = tuple(site["fn"].batch_shape)
         spec, downstream = self._cost_spec(particle, name)
-        # A .to_event site's own log-probabilities factorize over its event elements: each
-        # element is scored by its own share of them and the shared rest (Rao-Blackwellization;
-        # the other elements' shares do not depend on it).
+        real_cost, cost_shape = self._real_cost(particle, spec, site, element_shape)
+        separable = _is_separable(particle, spec, site)
+        estimator = self.estimator
+        if estimator == "local" and not separable:
+            self._warn_once(("local", name), (
+                f"ARSM_ELBO: the cost of guide site '{name}' is not element-separable (a term "
+                "that depends on it lies outside its plates, or it has .to_event dims), so the "
+                "exact local expectation does not apply; it gets ARSM instead."))
+            estimator = "arsm"
+        if estimator == "ar":
+            if kind == "bernoulli":
+                return est.bernoulli_ar_grad(real_cost, noise.noise), logits
+            return est.ar_grad(real_cost, noise.noise), logits
+
+        pseudo = _PseudoPass(particle, spec, kind, cost_shape, downstream, args, kwargs)
+        if separable and (estimator == "local" or (estimator == "arsm" and kind != "bernoulli")):
+            # C evaluations give every element's cost at every category
+            column_costs = self._column_costs(pseudo, noise, real_cost)
+            if estimator == "local":
+                local = est.bernoulli_local_grad if kind == "bernoulli" else est.local_grad
+                return local(column_costs, noise.logits), logits
+            return est.arsm_grad_from_columns(column_costs, noise.noise, noise.logits), logits
+        actions, true_row, reference = _estimator_actions(estimator, kind, noise, element_shape,
+                                                          self.num_rloo_samples)
+        table = self._action_costs(pseudo, actions, true_row, real_cost, separable)
+        return _estimator_gradient(estimator, kind, table, actions, noise, reference), logits
+
+    def _real_cost(self, particle, spec, site, element_shape):
+        """The site's cost at the sampled value, from the real pass, and its shape: the site's
+        batch shape, or its elements for a ``.to_event`` site (whose own log-probabilities
+        factorize over its event elements: each element is scored by its own share of them and
+        the shared rest; the other elements' shares do not depend on it)."""
+        batch_shape = tuple(site["fn"].batch_shape)
         cost_shape = element_shape if (spec.own_model or spec.own_guide) else batch_shape
         shared, own = _site_cost(particle.model_trace, particle.guide_trace, spec,
                                  site["cond_indep_stack"])
-        n_event = len(cost_shape) - len(batch_shape)
         real_cost = _combine_costs(
             detach_provenance(torch.as_tensor(shared)).detach(),
-            detach_provenance(torch.as_tensor(own)).detach(), batch_shape, cost_shape, n_event,
-            name)
+            detach_provenance(torch.as_tensor(own)).detach(), batch_shape, cost_shape,
+            len(cost_shape) - len(batch_shape), spec.name)
+        return real_cost, cost_shape
 
-        # The actions each estimator needs, as whole-site vectors [R, *elements].
-        true_row = 0
-        if kind == "bernoulli":
-            b, anti_b = est.bernoulli_pair(noise.noise, noise.logits)
-            if self.estimator == "ar":
-                return est.bernoulli_ar_grad(real_cost, noise.noise), logits
-            if self.estimator == "rloo":
-                n = self.num_rloo_samples or 2
-                u = est.sample_uniform((n - 1,) + element_shape, dtype=b.dtype, device=b.device)
-                actions = torch.cat([b.unsqueeze(0), (u < torch.sigmoid(noise.logits)).to(b.dtype)])
-            else:
-                actions = torch.stack([b, anti_b])
+    def _column_costs(self, pseudo, noise, real_cost):
+        """The per-element table ``[C, *elements]`` of a separable site: the ``k``-th row
+        evaluated with every element set to category ``k``."""
+        if pseudo.kind == "bernoulli":
+            true_action = est.bernoulli_pair(noise.noise, noise.logits)[0]
         else:
-            C = noise.noise.shape[-1]
-            if self.estimator == "ar":
-                return est.ar_grad(real_cost, noise.noise), logits
-            if self.estimator == "rloo":
-                # n independent samples (the real one first): RLOO at a chosen budget
-                n = self.num_rloo_samples or est.num_swap_rows(C)
-                probs = noise.logits.softmax(-1).reshape(-1, C)
-                extra = torch.multinomial(probs, n - 1, replacement=True)  # [elements, n-1]
-                extra = extra.T.reshape((n - 1,) + element_shape)
-                true_action = est.categorical_from_log_pi(noise.noise, noise.logits)
-                actions = torch.cat([true_action.unsqueeze(0), extra])
-            else:
-                rows = None
-                if self.estimator == "ars":
-                    reference = int(torch.randint(C, ()))
-                    rows = est.ars_rows(reference, C, device=logits.device)
-                    true_row = reference
-                actions = est.pseudo_actions(noise.noise, noise.logits, rows)
+            true_action = est.categorical_from_log_pi(noise.noise, noise.logits)
+        columns = est.column_actions(pseudo.num_categories, true_action.shape,
+                                     device=true_action.device).to(true_action.dtype)
+        self.last_num_pseudo_evaluations += pseudo.num_categories
+        return self._pseudo_costs(pseudo, true_action, columns, real_cost)
 
-        # Evaluate f once per distinct whole-site vector; the true action reuses the real pass.
+    def _action_costs(self, pseudo, actions, true_row, real_cost, separable):
+        """Costs ``[R, *cost_shape]`` of whole-site actions ``[R, *elements]``.
+
+        Each distinct action is evaluated once and the true action reuses the real pass; a
+        separable site's costs are read off its per-element table where that takes fewer
+        evaluations."""
+        name = pseudo.spec.name
         flat = actions.reshape(actions.shape[0], -1)
         unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
         unique = unique.reshape((unique.shape[0],) + tuple(actions.shape[1:]))
         true_unique = int(inverse[true_row])
         others = [u for u in range(unique.shape[0]) if u != true_unique]
-        unique_costs = real_cost.new_empty((unique.shape[0],) + cost_shape)
+        if separable and pseudo.num_categories <= len(others):
+            column_costs = self._column_costs(pseudo, pseudo.particle.noise[name], real_cost)
+            return est.costs_from_columns(column_costs, actions)
+        unique_costs = real_cost.new_empty((unique.shape[0],) + tuple(real_cost.shape))
         unique_costs[true_unique] = real_cost
         if others:
+            if len(others) > _MANY_EVALUATIONS:
+                self._warn_once(("many", name), (
+                    f"ARSM_ELBO: guide site '{name}' needs {len(others)} model evaluations per "
+                    "step (whole-site swaps of a site whose cost is not element-separable). "
+                    "Bound the memory with pseudo_batch_size, or use estimator='ars' (C "
+                    "evaluations) or 'rloo' with a small num_rloo_samples; estimator='local' "
+                    "needs a separable cost."))
             self.last_num_pseudo_evaluations += len(others)
-            pseudo = _PseudoPass(particle, spec, kind, cost_shape, downstream, args, kwargs)
-            unique_costs[others] = self._pseudo_costs(pseudo, unique[true_unique], unique[others],
-                                                      real_cost)
-        table = unique_costs[inverse]  # [R, *cost_shape]
-
-        if self.estimator == "rloo":
-            if kind == "bernoulli":
-                return est.bernoulli_rloo_grad(table, actions, noise.logits), logits
-            return est.rloo_grad(table, actions, noise.logits), logits
-        if kind == "bernoulli":
-            return est.disarm_grad(table[0], table[1], b, anti_b, noise.logits), logits
-        if self.estimator == "ars":
-            return est.ars_grad(table, noise.noise, reference), logits
-        return est.arsm_grad(table, noise.noise), logits
+            unique_costs[others] = self._pseudo_costs(pseudo, unique[true_unique],
+                                                      unique[others], real_cost)
+        return unique_costs[inverse]
 
     def _pseudo_costs(self, pseudo, true_action, actions, real_cost):
         """Costs ``[U, *cost_shape]`` of a site at ``U`` pseudo actions ``[U, *elements]``.
@@ -642,6 +671,9 @@ class ARSM_ELBO(ELBO):
                 self._batched_failed(name, problem, actions.shape[0], pseudo.dim)
         if mode == "batched":
             try:
+                if self.pseudo_batch_size and actions.shape[0] > self.pseudo_batch_size:
+                    return torch.cat([pseudo.batched(chunk)
+                                      for chunk in actions.split(self.pseudo_batch_size)])
                 return pseudo.batched(actions)
             except Exception as e:  # the check passed on fewer rows or another step's data
                 self._pseudo_mode[key] = "sequential"
@@ -703,6 +735,72 @@ def _same_costs(a, b):
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-4 * scale))
 
 
+_MANY_EVALUATIONS = 4096  # warn once about a site that needs more evaluations per step
+
+
+def _estimator_actions(estimator, kind, noise, element_shape, num_rloo_samples=None):
+    """The whole-site actions ``[R, *elements]`` an estimator needs, the row of the true action
+    and, for ARS, the reference category. The one place that decides them per estimator and
+    site kind (with :func:`_estimator_gradient`; ``"local"`` and a separable site's ``"arsm"``
+    read the per-element table instead)."""
+    if kind == "bernoulli":
+        b, anti_b = est.bernoulli_pair(noise.noise, noise.logits)
+        if estimator == "rloo":
+            # n independent samples (the real one first): RLOO at a chosen budget
+            n = num_rloo_samples or 2
+            u = est.sample_uniform((n - 1,) + element_shape, dtype=b.dtype, device=b.device)
+            extra = (u < torch.sigmoid(noise.logits)).to(b.dtype)
+            return torch.cat([b.unsqueeze(0), extra]), 0, None
+        return torch.stack([b, anti_b]), 0, None
+    C = noise.noise.shape[-1]
+    if estimator == "rloo":
+        true_action = est.categorical_from_log_pi(noise.noise, noise.logits)
+        n = num_rloo_samples or est.num_swap_rows(C)
+        probs = noise.logits.softmax(-1).reshape(-1, C)
+        extra = torch.multinomial(probs, n - 1, replacement=True)  # [elements, n-1]
+        return torch.cat([true_action.unsqueeze(0),
+                          extra.T.reshape((n - 1,) + element_shape)]), 0, None
+    if estimator == "ars":
+        reference = int(torch.randint(C, ()))
+        rows = est.ars_rows(reference, C, device=noise.noise.device)
+        return est.pseudo_actions(noise.noise, noise.logits, rows), reference, reference
+    return est.pseudo_actions(noise.noise, noise.logits), 0, None
+
+
+def _estimator_gradient(estimator, kind, table, actions, noise, reference):
+    """The gradient in the logits from the costs ``table`` of ``actions``."""
+    if kind == "bernoulli":
+        if estimator == "rloo":
+            return est.bernoulli_rloo_grad(table, actions, noise.logits)
+        return est.disarm_grad(table[0], table[1], actions[0], actions[1], noise.logits)
+    if estimator == "rloo":
+        return est.rloo_grad(table, actions, noise.logits)
+    if estimator == "ars":
+        return est.ars_grad(table, noise.noise, reference)
+    return est.arsm_grad(table, noise.noise)
+
+
+def _is_separable(particle, spec, site):
+    """Whether the cost of each element of the site depends on that element alone: no event
+    dims, every batch dim a plate, and every log-prob term that depends on the site inside all
+    of its plates (the assumption plates already make, and the per-element cost relies on)."""
+    if spec.own_model or spec.own_guide:
+        return False
+    plates = {(f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized}
+    batch_shape = tuple(site["fn"].batch_shape)
+    plate_dims = {dim for _, dim in plates}
+    if any(size > 1 and i - len(batch_shape) not in plate_dims
+           for i, size in enumerate(batch_shape)):
+        return False
+    for trace, deps in ((particle.model_trace, spec.model_deps),
+                        (particle.guide_trace, spec.guide_deps)):
+        for n in deps:
+            frames = {(f.name, f.dim) for f in trace.nodes[n]["cond_indep_stack"] if f.vectorized}
+            if not plates <= frames:
+                return False
+    return True
+
+
 class _PseudoPass:
     """Evaluates the cost of one ARSM site at pseudo actions: batched under a pseudo-action plate
     left of ``max_plate_nesting``, or one action at a time.
@@ -729,11 +827,12 @@ class _PseudoPass:
             and n not in particle.raw_guide_trace.nodes
         }
         self.reuse = {n: v for n, v in particle.noise.items() if n in downstream}
+        noise = particle.noise[spec.name]
+        self.num_categories = noise.noise.shape[-1] if kind != "bernoulli" else 2
 
     def _values(self, actions):
-        noise = self.particle.noise[self.spec.name]
-        C = noise.noise.shape[-1] if self.kind != "bernoulli" else 2
-        return _value_from_action(self.kind, actions, C, noise.logits.dtype)
+        dtype = self.particle.noise[self.spec.name].logits.dtype
+        return _value_from_action(self.kind, actions, self.num_categories, dtype)
 
     def _replayed(self, replay_all):
         """The guide sites to replay: all but the site (and, unless ``replay_all``, but the
