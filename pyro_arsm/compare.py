@@ -40,8 +40,8 @@ def compare_estimators(model, guide, *args, estimators=DEFAULT_ESTIMATORS, num_d
     For each estimator, ``num_draws`` gradient estimates of all parameters the model and guide use
     (unconstrained, as an optimizer sees them) are drawn after one untimed warm-up call.
 
-    :param estimators: names among ``"arsm"``, ``"ars"``, ``"ar"``, ``"rloo"`` (RLOO with the
-        ARSM budget), ``"rloo:n"`` (RLOO with ``n`` samples per site) and ``"tracegraph"``
+    :param estimators: names among ``"arsm"``, ``"ars"``, ``"ar"``, ``"local"`` (the exact local
+        expectation, for element-separable sites), ``"rloo"`` (RLOO with the ARSM budget), ``"rloo:n"`` (RLOO with ``n`` samples per site) and ``"tracegraph"``
         (:class:`~pyro.infer.TraceGraph_ELBO`).
     :param int num_draws: gradient estimates per estimator.
     :param max_plate_nesting: passed to every ELBO.
