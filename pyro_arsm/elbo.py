@@ -677,7 +677,7 @@ class ARSM_ELBO(ELBO):
                 return pseudo.batched(actions)
             except Exception as e:  # the check passed on fewer rows or another step's data
                 self._pseudo_mode[key] = "sequential"
-                self._batched_failed(name, f"failed ({type(e).__name__}: {e})",
+                self._batched_failed(name, _failure(e),
                                      actions.shape[0], pseudo.dim, e)
         return pseudo.sequential(actions)
 
@@ -694,7 +694,7 @@ class ARSM_ELBO(ELBO):
         except Exception as e:
             if isinstance(e, _PseudoShapeError):
                 return str(e)
-            return f"failed ({type(e).__name__}: {e})"
+            return _failure(e)
         sequential = pseudo.sequential(rows, replay_all=True)
         if not _same_costs(sequential[0], real_cost):
             # e.g. randomness outside sample sites (dropout): nothing to compare against
@@ -711,8 +711,8 @@ class ARSM_ELBO(ELBO):
     def _batched_failed(self, name, problem, num_actions, dim, error=None):
         message = (
             f"ARSM_ELBO: the batched pseudo-action pass for guide site '{name}' {problem}. "
-            f"ARSM_ELBO evaluates the {num_actions} pseudo actions of a site in one pass under a "
-            f"plate at dim {dim}, which needs model and guide to broadcast on the left: no "
+            f"ARSM_ELBO evaluates the pseudo actions of a site ({num_actions} this step) in one "
+            f"pass under a plate at dim {dim}, which needs model and guide to broadcast on the left: no "
             "x.view(batch, -1), len(z), .item(), z[0] or torch.cat along a fixed dim on values "
             "that depend on a sample (use dim=-1, Vindex, and declare batch dims with "
             "pyro.plate); set max_plate_nesting if the guess was wrong."
@@ -727,6 +727,12 @@ class ARSM_ELBO(ELBO):
 
 
 _NUM_CHECK_ROWS = 4  # rows of the batched-pass check: the true action and up to 3 pseudo actions
+
+
+def _failure(error):
+    """``failed (Type: first line of the message)``: Pyro appends whole trace-shape tables."""
+    lines = str(error).strip().splitlines()
+    return f"failed ({type(error).__name__}: {lines[0] if lines else ''})"
 
 
 def _same_costs(a, b):
