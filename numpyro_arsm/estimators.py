@@ -57,6 +57,12 @@ __all__ = [
     "bernoulli_ar_grad",
     "rloo_grad",
     "bernoulli_rloo_grad",
+    "column_actions",
+    "costs_from_columns",
+    "local_grad",
+    "bernoulli_local_grad",
+    "swap_actions",
+    "arsm_grad_from_columns",
     "arsm_gradient",
 ]
 
@@ -363,6 +369,136 @@ def bernoulli_rloo_grad(costs, samples, logits):
 
 
 # ---------------------------------------------------------------------------------------------
+# Element-separable costs: one cost per category and element
+# ---------------------------------------------------------------------------------------------
+#
+# When the cost of element n depends on z_n only, f_n(z) = T[z_n, n], C evaluations (every
+# element set to category k in the k-th) give the whole table T, and every swap's cost is a
+# gather. With T the exact local expectation (Titsias & Lazaro-Gredilla, "Local expectation
+# gradients for black box variational inference", NeurIPS 2015) is free as well.
+
+
+def column_actions(num_categories, element_shape):
+    """``[C, *element_shape]`` int32: the ``k``-th row sets every element to category ``k``.
+
+    ``element_shape`` must be static (a tuple of Python ints).
+    """
+    element_shape = tuple(element_shape)
+    columns = jnp.arange(num_categories, dtype=jnp.int32)
+    return jnp.broadcast_to(columns.reshape((num_categories,) + (1,) * len(element_shape)),
+                            (num_categories,) + element_shape)
+
+
+def costs_from_columns(column_costs, actions):
+    """Costs of whole-site actions read off the per-element table: ``T[a_n, n]``.
+
+    :param column_costs: ``[C, *elements]``, the cost of each element at each category.
+    :param actions: integer ``[R, *elements]`` (Bernoulli: 0./1.).
+    :returns: ``[R, *elements]``.
+    """
+    column_costs, actions = jnp.asarray(column_costs), jnp.asarray(actions)
+    elements = jnp.broadcast_shapes(tuple(actions.shape[1:]), tuple(column_costs.shape[1:]))
+    index = jnp.broadcast_to(actions.astype(jnp.int32), (actions.shape[0],) + elements)
+    table = jnp.broadcast_to(column_costs, (column_costs.shape[0],) + elements)
+    return jnp.take_along_axis(table, index, axis=0)
+
+
+def local_grad(column_costs, logits):
+    """Exact local expectation ``d E_{q_n}[f_n] / d phi_n = q_n (T_n - sum_k q_nk T_nk)`` with
+    ``q_n = softmax(phi_n)``: no sampling variance from the site itself.
+
+    :param column_costs: ``[C, *elements]``; :param logits: ``[*elements, C]``.
+    :returns: ``[*elements, C]``.
+    """
+    q = jax.nn.softmax(logits, axis=-1)
+    table = jnp.moveaxis(jnp.asarray(column_costs), 0, -1).astype(q.dtype)
+    return q * (table - (q * table).sum(-1, keepdims=True))
+
+
+def bernoulli_local_grad(column_costs, logits):
+    """Exact local expectation for Bernoulli elements with logits ``a``:
+    ``sigmoid(a) (1 - sigmoid(a)) (T_1 - T_0)``. :param column_costs: ``[2, *elements]``."""
+    p = jax.nn.sigmoid(logits)
+    column_costs = jnp.asarray(column_costs)
+    return p * (1 - p) * (column_costs[1] - column_costs[0])
+
+
+def _at_swaps(values, log_pi, logits):
+    """``values[..., z^{m<->j}]`` for every swap: ``[..., C(m), C(j)]``, for per-category
+    ``values`` ``[..., C]``.
+
+    Swapping ``pi_m`` and ``pi_j`` changes only the scores ``log pi_i - phi_i`` of ``i = m, j``;
+    the best of the other categories is among the three best scores. So each entry is the best of
+    three candidates: ``O(C^2)`` per element instead of the ``O(C^3)`` of an argmin per swap.
+    """
+    C = logits.shape[-1]
+    scores = log_pi - logits
+    shape = scores.shape
+    values = jnp.broadcast_to(values, shape)
+    log_pi, logits = jnp.broadcast_to(log_pi, shape), jnp.broadcast_to(logits, shape)
+    neg_best, best = jax.lax.top_k(-scores, min(3, C))  # the (up to) three smallest scores
+    best_scores = -neg_best
+    if C < 3:  # pad: a third candidate that never wins
+        pad = [(0, 0)] * (len(shape) - 1) + [(0, 3 - C)]
+        best_scores = jnp.pad(best_scores, pad, constant_values=jnp.inf)
+        best = jnp.pad(best, pad, constant_values=0)
+    best_values = jnp.take_along_axis(values, best, axis=-1)
+    m = jnp.arange(C)[:, None]  # [C(m), 1]
+    j = jnp.arange(C)  # [C(j)]
+
+    def unswapped(i):  # [..., C, C]: the i-th best category is neither m nor j
+        b = best[..., i, None, None]
+        return (b != m) & (b != j)
+
+    def pick(x, i):
+        return x[..., i, None, None]
+
+    first, second = unswapped(0), unswapped(1)
+    rest_score = jnp.where(first, pick(best_scores, 0),
+                           jnp.where(second, pick(best_scores, 1), pick(best_scores, 2)))
+    rest_value = jnp.where(first, pick(best_values, 0),
+                           jnp.where(second, pick(best_values, 1), pick(best_values, 2)))
+    swapped_m = log_pi[..., None, :] - logits[..., :, None]  # [..., m, j]: log pi_j - phi_m
+    swapped_j = log_pi[..., :, None] - logits[..., None, :]  # [..., m, j]: log pi_m - phi_j
+    m_wins = swapped_m < swapped_j
+    swapped_score = jnp.where(m_wins, swapped_m, swapped_j)
+    swapped_value = jnp.where(m_wins, values[..., :, None], values[..., None, :])
+    return jnp.where(rest_score < swapped_score, rest_value, swapped_value)
+
+
+def swap_actions(log_pi, logits):
+    """Every pseudo action ``z^{m<->j}`` of every element: int32 ``[..., C(m), C(j)]``.
+
+    Equal to ``jnp.moveaxis(pseudo_actions(log_pi, logits)[pair_index(C)], (0, 1), (-2, -1))``
+    (up to exact ties of the scores), at ``O(C^2)`` instead of ``O(C^3)`` per element.
+    """
+    C = logits.shape[-1]
+    categories = jnp.arange(C, dtype=jnp.int32)
+    return _at_swaps(categories, log_pi, logits)
+
+
+def arsm_grad_from_columns(column_costs, log_pi, logits):
+    """ARSM estimate for an element-separable cost from its per-element table: the same value
+    as :func:`arsm_grad` on the costs of every swap row, at ``O(C^2)`` per element.
+
+    Computed over all elements at once (XLA fuses the ``[elements, C, C]`` temporaries into the
+    reduction); traceable by ``jax.jit``.
+
+    :param column_costs: ``[C, *elements]``; :param log_pi, logits: ``[*elements, C]``.
+    :returns: ``[*elements, C]``.
+    """
+    C = logits.shape[-1]
+    log_pi = jnp.asarray(log_pi)
+    table = jnp.moveaxis(jnp.asarray(column_costs), 0, -1).astype(log_pi.dtype)
+    F = _at_swaps(table, log_pi, logits)  # [..., m, j]
+    shape = F.shape[:-1]
+    weights = jnp.broadcast_to(1.0 / C - jnp.exp(log_pi), shape)  # [..., j]
+    Fw = (F * weights[..., None, :]).sum(-1)  # [..., m]
+    # sum_j (F[m, j] - mean_m' F[m', j]) w_j = (F w)_m - mean_m' (F w)_m'
+    return Fw - Fw.mean(-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # Convenience: logits + f -> gradient (outside any PPL, e.g. reinforcement learning)
 # ---------------------------------------------------------------------------------------------
 
@@ -379,8 +515,10 @@ def arsm_gradient(key, logits, f, estimator="arsm", return_action=False, num_sam
         ``*b`` broadcasts against ``logits.shape[:-1]`` (use a per-element cost when elements are
         independent, a scalar per row for a joint ``f``). Called once, with all needed rows.
     :param str estimator: ``"arsm"`` (``C(C-1)/2 + 1`` rows), ``"ars"`` (``C`` rows, random
-        reference), ``"ar"`` (1 row) or ``"rloo"`` (``num_samples`` independent samples,
-        default ``C(C-1)/2 + 1``, with leave-one-out baselines).
+        reference), ``"ar"`` (1 row), ``"rloo"`` (``num_samples`` independent samples,
+        default ``C(C-1)/2 + 1``, with leave-one-out baselines) or ``"local"`` (the ``C``
+        rows of :func:`column_actions` and the exact local expectation: only valid when the
+        cost of each element depends on that element alone, and ``f`` returns one per element).
     :returns: ``g`` of shape ``[..., C]`` (and the true action if ``return_action``).
 
     Example::
@@ -390,8 +528,9 @@ def arsm_gradient(key, logits, f, estimator="arsm", return_action=False, num_sam
         >>> g.shape
         (3,)
     """
-    if estimator not in ("arsm", "ars", "ar", "rloo"):
-        raise ValueError(f"estimator must be 'arsm', 'ars', 'ar' or 'rloo', got {estimator!r}")
+    if estimator not in ("arsm", "ars", "ar", "rloo", "local"):
+        raise ValueError(
+            f"estimator must be 'arsm', 'ars', 'ar', 'rloo' or 'local', got {estimator!r}")
     logits = jax.lax.stop_gradient(jnp.asarray(logits))
     C = logits.shape[-1]
     key_pi, key_reference = jax.random.split(key)
@@ -410,6 +549,9 @@ def arsm_gradient(key, logits, f, estimator="arsm", return_action=False, num_sam
         actions = jnp.concatenate([categorical_from_log_pi(log_pi, logits)[None],
                                    categorical_from_log_pi(extra, logits)])
         g = rloo_grad(f(actions), actions, logits)
+    elif estimator == "local":
+        columns = jnp.asarray(f(column_actions(C, logits.shape[:-1])))
+        g = local_grad(jnp.broadcast_to(columns, (C,) + logits.shape[:-1]), logits)
     else:
         actions = jnp.expand_dims(categorical_from_log_pi(log_pi, logits), 0)
         g = ar_grad(f(actions)[0], log_pi)

@@ -273,5 +273,105 @@ def test_arsm_gradient_jits_and_returns_the_true_action(estimator):
 
 
 def test_arsm_gradient_rejects_unknown_estimator():
-    with pytest.raises(ValueError, match="estimator must be 'arsm', 'ars', 'ar' or 'rloo'"):
+    message = "estimator must be 'arsm', 'ars', 'ar', 'rloo' or 'local'"
+    with pytest.raises(ValueError, match=message):
         est.arsm_gradient(_key(28), jnp.zeros(3), lambda z: z * 1.0, estimator="reinforce")
+
+
+# ---------------------------------------------------------------------------------------------
+# Element-separable costs: per-element tables (column_actions, costs_from_columns, local_grad,
+# bernoulli_local_grad, swap_actions, arsm_grad_from_columns)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_column_actions_set_every_element_to_one_category():
+    actions = jax.jit(est.column_actions, static_argnums=(0, 1))(4, (2, 3))
+    assert actions.shape == (4, 2, 3) and actions.dtype == jnp.int32
+    assert (actions == jnp.arange(4)[:, None, None]).all()
+    assert est.column_actions(3, ()).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("C,element_shape", [(2, (2, 3)), (3, ()), (4, (2, 3)), (7, (6,))])
+def test_arsm_grad_from_columns_equals_arsm_grad_on_the_gathered_costs(C, element_shape):
+    keys = jax.random.split(_key(100 + C), 3)
+    logits = jax.random.normal(keys[0], element_shape + (C,))
+    log_pi = est.sample_log_pi(keys[1], element_shape, C)
+    columns = jax.random.normal(keys[2], (C,) + element_shape)
+    actions = est.pseudo_actions(log_pi, logits)  # [P, *elements]
+    costs = jax.jit(est.costs_from_columns)(columns, actions)
+    np.testing.assert_array_equal(  # T[a_n, n]
+        np.asarray(costs), np.take_along_axis(np.asarray(columns), np.asarray(actions), 0))
+    expected = est.arsm_grad(costs, log_pi)
+    g = jax.jit(est.arsm_grad_from_columns)(columns, log_pi, logits)
+    assert g.shape == element_shape + (C,)
+    assert jnp.allclose(g, expected, atol=1e-5)
+    # swap_actions: the pseudo actions rows rearranged into [*elements, m, j]
+    swaps = jax.jit(est.swap_actions)(log_pi, logits)
+    assert swaps.shape == element_shape + (C, C) and swaps.dtype == actions.dtype
+    expected_swaps = np.moveaxis(np.asarray(actions)[np.asarray(est.pair_index(C))], (0, 1),
+                                 (-2, -1))
+    np.testing.assert_array_equal(np.asarray(swaps), expected_swaps)
+
+
+def test_arsm_grad_from_columns_with_logits_shared_by_the_elements():
+    C = 5
+    logits = jax.random.normal(_key(110), (C,))
+    log_pi = est.sample_log_pi(_key(111), (8,), C)
+    columns = jax.random.normal(_key(112), (C, 8))
+    expected = est.arsm_grad(est.costs_from_columns(columns, est.pseudo_actions(log_pi, logits)),
+                             log_pi)
+    assert jnp.allclose(jax.jit(est.arsm_grad_from_columns)(columns, log_pi, logits), expected,
+                        atol=1e-5)
+    swaps = est.swap_actions(log_pi, logits)
+    assert (swaps == jnp.moveaxis(est.pseudo_actions(log_pi, logits)[est.pair_index(C)],
+                                  (0, 1), (-2, -1))).all()
+
+
+@pytest.mark.parametrize("element_shape", [(), (2, 3)])
+def test_local_grad_is_the_gradient_of_the_expectation(element_shape):
+    C = 5
+    logits = jax.random.normal(_key(120), element_shape + (C,))
+    columns = jax.random.normal(_key(121), (C,) + element_shape)
+
+    def expectation(phi):  # sum_n E_{q_n}[f_n] = sum_n sum_k q_nk T[k, n]
+        return (jax.nn.softmax(phi, -1) * jnp.moveaxis(columns, 0, -1)).sum()
+
+    exact = jax.grad(expectation)(logits)
+    assert jnp.allclose(jax.jit(est.local_grad)(columns, logits), exact, atol=1e-6)
+
+
+@pytest.mark.parametrize("element_shape", [(), (2, 3)])
+def test_bernoulli_local_grad_is_the_gradient_of_the_expectation(element_shape):
+    a = jax.random.normal(_key(122), element_shape)
+    columns = jax.random.normal(_key(123), (2,) + element_shape)
+
+    def expectation(a):  # sum_n (1 - p_n) T[0, n] + p_n T[1, n]
+        p = jax.nn.sigmoid(a)
+        return ((1 - p) * columns[0] + p * columns[1]).sum()
+
+    exact = jax.grad(expectation)(a)
+    assert jnp.allclose(jax.jit(est.bernoulli_local_grad)(columns, a), exact, atol=1e-6)
+    # the C = 2 categorical with logits (a, 0): category 0 is b = 1
+    logits = jnp.stack([a, jnp.zeros_like(a)], -1)
+    g = est.local_grad(columns[::-1], logits)[..., 0]
+    assert jnp.allclose(g, exact, atol=1e-6)
+
+
+def test_arsm_gradient_local_jits_and_is_exact():
+    C = 4
+    logits = jax.random.normal(_key(124), (5, C))
+    f = jnp.array([0.5, -1.0, 2.0, 0.0])
+
+    def gradient(key, logits):
+        return est.arsm_gradient(key, logits, lambda z: f[z], estimator="local",
+                                 return_action=True)
+
+    g, z = jax.jit(gradient)(_key(125), logits)
+    assert g.shape == (5, C) and z.shape == (5,)
+    exact = jax.vmap(_exact_categorical_grad, (0, None))(logits, f)
+    assert jnp.allclose(g, exact, atol=1e-6)
+    # a cost shared by all elements (one scalar per column row) broadcasts
+    g_scalar = est.arsm_gradient(_key(125), logits[0], lambda z: f[z], estimator="local")
+    assert jnp.allclose(g_scalar, exact[0], atol=1e-6)
+    # no gradient flows through the estimator to the logits
+    assert jnp.abs(jax.grad(lambda l: gradient(_key(125), l)[0].sum())(logits)).max() == 0

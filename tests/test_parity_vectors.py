@@ -70,6 +70,19 @@ def _check_categorical(est, real, integer, to_numpy, case):
                                   logits)), case["rloo_grad"], "rloo_grad", case)
 
 
+def _check_columns(est, real, integer, to_numpy, case):
+    """The per-element-table functions, on the cases with one cost per element."""
+    log_pi, logits = real(case["log_pi"]), real(case["logits"])
+    columns = real(case["column_costs"])
+    _close(to_numpy(est.costs_from_columns(columns, integer(case["pseudo_actions"]))),
+           case["costs_from_columns"], "costs_from_columns", case)
+    _equal(to_numpy(est.swap_actions(log_pi, logits)), case["swap_actions"], "swap_actions", case)
+    arsm = to_numpy(est.arsm_grad_from_columns(columns, log_pi, logits))
+    assert arsm.dtype == np.float64
+    _close(arsm, case["arsm_grad_from_columns"], "arsm_grad_from_columns", case)
+    _close(to_numpy(est.local_grad(columns, logits)), case["local_grad"], "local_grad", case)
+
+
 def _check_bernoulli(est, real, to_numpy, case):
     u, logits = real(case["u"]), real(case["logits"])
     cost, anti_cost = real(case["cost"]), real(case["anti_cost"])
@@ -88,10 +101,16 @@ def _check_bernoulli(est, real, to_numpy, case):
     costs = real(np.stack([case["cost"], case["anti_cost"]]))
     _close(to_numpy(est.bernoulli_rloo_grad(costs, samples, logits)),
            case["bernoulli_rloo_grad"], "bernoulli_rloo_grad", case)
+    if "column_costs" in case:
+        _close(to_numpy(est.bernoulli_local_grad(real(case["column_costs"]), logits)),
+               case["bernoulli_local_grad"], "bernoulli_local_grad", case)
 
 
 def _names(cases):
     return [case["name"] for case in cases]
+
+
+COLUMNS = [case for case in CATEGORICAL if "column_costs" in case]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +143,12 @@ def test_pyro_swap_permutations_match_vectors():
 def test_pyro_categorical_estimators_match_vectors(case):
     est, real, integer, to_numpy = _torch_backend()
     _check_categorical(est, real, integer, to_numpy, case)
+
+
+@pytest.mark.parametrize("case", COLUMNS, ids=_names(COLUMNS))
+def test_pyro_column_estimators_match_vectors(case):
+    est, real, integer, to_numpy = _torch_backend()
+    _check_columns(est, real, integer, to_numpy, case)
 
 
 @pytest.mark.parametrize("case", BERNOULLI, ids=_names(BERNOULLI))
@@ -181,6 +206,17 @@ def test_numpyro_categorical_estimators_match_vectors(case):
         ars = jax.jit(est.ars_grad)(real(case["reference_costs"]), real(case["log_pi"]),
                                     integer(case["reference"]))
         _close(to_numpy(ars), case["ars_grad"], "jit ars_grad", case)
+
+
+@pytest.mark.parametrize("case", COLUMNS, ids=_names(COLUMNS))
+def test_numpyro_column_estimators_match_vectors(case):
+    jax, est, real, integer, to_numpy = _jax_backend()
+    with _enable_x64(jax):
+        _check_columns(est, real, integer, to_numpy, case)
+        # the same values under jit
+        arsm = jax.jit(est.arsm_grad_from_columns)(real(case["column_costs"]),
+                                                   real(case["log_pi"]), real(case["logits"]))
+        _close(to_numpy(arsm), case["arsm_grad_from_columns"], "jit arsm_grad_from_columns", case)
 
 
 @pytest.mark.parametrize("case", BERNOULLI, ids=_names(BERNOULLI))
