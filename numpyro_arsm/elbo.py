@@ -29,6 +29,7 @@ from numpyro.handlers import seed, substitute
 from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
 from numpyro.infer.util import get_importance_trace
 from numpyro.primitives import Messenger
+from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_arsm import estimators as est
 
@@ -73,21 +74,49 @@ def _site_hash(name):
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-def _raise_if_not_finite(name, finite):
-    if not bool(finite):
-        raise ValueError(
-            f"ARSM_ELBO: guide site '{name}' has NaN or infinite logits. ARSM needs finite "
-            "logits: check the network or parameters producing them (NaN usually means a "
-            "diverged optimizer), and use a large negative finite logit rather than -inf."
-        )
+def _raise_if_not_finite(names, finite):
+    bad = [n for n, ok in zip(names, finite) if not bool(ok)]
+    if not bad:
+        return
+    sites = ", ".join(f"'{n}'" for n in bad)
+    raise ValueError(
+        f"ARSM_ELBO: guide site{'s' if len(bad) > 1 else ''} {sites} "
+        f"{'have' if len(bad) > 1 else 'has'} NaN or infinite logits. ARSM needs finite "
+        "logits: check the network or parameters producing them (NaN usually means a "
+        "diverged optimizer), and use a large negative finite logit rather than -inf."
+    )
 
 
-def _check_finite(name, logits):
-    finite = jnp.all(jnp.isfinite(logits))
+def _check_finite(flags):
+    """One finiteness check per loss call: ``flags`` maps site names to boolean arrays (any
+    shape: particles, pseudo actions) that must all be true. Under tracing this is a single host
+    callback, whatever the number of particles and pseudo actions."""
+    if not flags:
+        return
+    names = sorted(flags)
+    finite = jnp.stack([jnp.all(flags[n]) for n in names])
     if isinstance(finite, jax.core.Tracer):
-        jax.debug.callback(lambda ok: _raise_if_not_finite(name, ok), finite)
+        jax.debug.callback(lambda ok: _raise_if_not_finite(names, ok), finite)
     else:
-        _raise_if_not_finite(name, finite)
+        _raise_if_not_finite(names, finite)
+
+
+def _merge_flags(*flag_dicts):
+    """Logical AND, per site, of finiteness flags (each reduced to a scalar)."""
+    merged = {}
+    for flags in flag_dicts:
+        for name, ok in flags.items():
+            ok = jnp.all(ok)
+            merged[name] = ok if name not in merged else merged[name] & ok
+    return merged
+
+
+def _fresh(param_map):
+    """``param_map`` with new containers at every level (``numpyro.mutable`` values are updated
+    in place, and ``substitute`` copies only the top-level dict): each pass of guide and model,
+    real, pseudo or provenance, starts from the state passed in, no update of one pass leaks
+    into another (or leaks a vmap tracer), and the state returned is the real pass's."""
+    return {k: jax.tree.map(lambda x: x, v) for k, v in param_map.items()}
 
 
 class _ARSMSampler(Messenger):
@@ -98,6 +127,12 @@ class _ARSMSampler(Messenger):
     ``fold_in(noise_key, hash(name))``: the same at every pass, so a downstream discrete site
     re-sampled at a pseudo action shares its noise with the real pass. Must wrap ``seed`` from
     outside, so that ``seed`` still hands a key to the site (keeping the other sites' keys).
+
+    Sites marked for enumeration (``infer={"enumerate": ...}``, e.g. by ``config_enumerate``)
+    are sampled like the others; their names are recorded in ``enumerated`` and the mark is
+    dropped from the message, so that replaying the guide trace does not mark the model site.
+    With ``check_finite``, ``finite`` maps each site to whether its logits are finite (a traced
+    boolean, no host callback here: the ELBO checks all flags once per loss call).
     """
 
     def __init__(self, fn, noise_key, check_finite=True):
@@ -105,25 +140,26 @@ class _ARSMSampler(Messenger):
         self.noise_key = noise_key
         self.check_finite = check_finite
         self.noise = {}
+        self.finite = {}
+        self.enumerated = {}
 
     def process_message(self, msg):
-        if msg["type"] != "sample" or msg.get("is_observed") or msg["value"] is not None:
+        if msg["type"] != "sample" or msg.get("is_observed"):
             return
         name = msg["name"]
-        enum = (msg.get("infer") or {}).get("enumerate")
-        if enum:
-            raise ValueError(
-                f"ARSM_ELBO: guide site '{name}' is marked for enumeration "
-                f"(infer={{'enumerate': {enum!r}}}). ARSM samples guide sites; remove "
-                "config_enumerate from the guide, or enumerate with TraceEnum_ELBO."
-            )
+        infer = msg.get("infer") or {}
+        if infer.get("enumerate"):
+            self.enumerated[name] = infer["enumerate"]
+            msg["infer"] = {k: v for k, v in infer.items() if k != "enumerate"}
+        if msg["value"] is not None:
+            return
         kind, base = _arsm_kind(msg["fn"])
         if kind is None:
             return
         element_shape = _element_shape(msg["fn"])
         logits = stop_gradient(_site_logits(kind, base, element_shape))
         if self.check_finite:
-            _check_finite(name, logits)
+            self.finite[name] = jnp.all(jnp.isfinite(logits))
         key = random.fold_in(self.noise_key, _site_hash(name))
         if kind == "bernoulli":
             noise = est.sample_uniform(key, element_shape, dtype=logits.dtype)
@@ -235,7 +271,22 @@ class ARSM_ELBO(ELBO):
         ``C(C-1)/2 + 1`` for a categorical site, 2 for a Bernoulli site).
     :param str pseudo_map: ``"vmap"`` (default) or ``"map"`` (``lax.map``, less memory).
     :param int pseudo_batch_size: chunk size for ``pseudo_map="map"``.
-    :param bool check_finite: raise (also under jit) when a site's logits are NaN or infinite.
+    :param bool check_finite: raise (also under jit) when a site's logits are NaN or infinite,
+        naming the sites; one check per loss call (a single host callback under jit), covering
+        the real pass and the pseudo passes of every particle.
+    :param bool warn_score_function: warn once per site when a guide site gets the
+        score-function fallback (neither categorical nor Bernoulli); ``False`` silences it.
+
+    Like TraceGraph_ELBO, each trace of the real pass (once per compilation under ``jit``) runs
+    NumPyro's ``check_model_guide_match`` (a warning for guide sites absent from the model, an
+    error when model and guide shapes disagree) and ``_validate_model(plate_warning="strict")``
+    (a warning for a batch dim without a plate). A guide site marked for enumeration
+    (``infer={"enumerate": ...}``, e.g. a guide written for TraceEnum_ELBO with
+    ``config_enumerate``) is sampled and gets the same estimator as an unmarked one, with one
+    warning per site; enumerating a model site that is absent from the guide is an error.
+    :meth:`loss_with_mutable_state` supports ``numpyro.mutable`` sites: each pass of guide and
+    model starts from the state passed in, and the state returned is that of the real pass (of
+    the first particle when ``num_particles > 1``).
 
     References
 
@@ -249,7 +300,7 @@ class ARSM_ELBO(ELBO):
 
     def __init__(self, num_particles=1, vectorize_particles=True, estimator="arsm",
                  num_rloo_samples=None, pseudo_map="vmap", pseudo_batch_size=None,
-                 check_finite=True):
+                 check_finite=True, warn_score_function=True):
         if estimator not in _ESTIMATORS:
             raise ValueError(f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
         if pseudo_map not in ("vmap", "map"):
@@ -262,7 +313,9 @@ class ARSM_ELBO(ELBO):
         self.pseudo_map = pseudo_map
         self.pseudo_batch_size = pseudo_batch_size
         self.check_finite = check_finite
+        self.warn_score_function = warn_score_function
         self._warned_sites = set()
+        self._warned_enumerated = set()
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
         """``-ELBO`` whose gradient is the ARSM estimate.
@@ -272,15 +325,30 @@ class ARSM_ELBO(ELBO):
         :param model: NumPyro model.
         :param guide: NumPyro guide.
         """
+        return self.loss_with_mutable_state(rng_key, param_map, model, guide, *args,
+                                            **kwargs)["loss"]
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        """Like :meth:`loss`, and the values of the ``numpyro.mutable`` sites after the real
+        pass: ``{"loss": ..., "mutable_state": ...}`` (``None`` without mutable sites), as
+        :class:`numpyro.infer.SVI` expects."""
 
         def single_particle(key):
-            elbo, surrogate = self._particle(key, param_map, model, guide, args, kwargs)
-            return elbo + surrogate - stop_gradient(surrogate)
+            elbo, surrogate, finite, mutable = self._particle(key, param_map, model, guide,
+                                                              args, kwargs)
+            return elbo + surrogate - stop_gradient(surrogate), finite, mutable
 
         if self.num_particles == 1:
-            return -single_particle(rng_key)
-        keys = random.split(rng_key, self.num_particles)
-        return -jnp.mean(self.vectorize_particles_fn(single_particle, keys))
+            value, finite, mutable = single_particle(rng_key)
+        else:
+            keys = random.split(rng_key, self.num_particles)
+            values, finite, mutable = self.vectorize_particles_fn(single_particle, keys)
+            value = jnp.mean(values)
+            # one state, not one per particle: that of the first particle
+            mutable = jax.tree.map(lambda x: x[0], mutable)
+        if self.check_finite:
+            _check_finite(finite)  # once per loss call, outside the particle and pseudo maps
+        return {"loss": -value, "mutable_state": mutable or None}
 
     # --- one particle ------------------------------------------------------------------------
 
@@ -291,52 +359,42 @@ class ARSM_ELBO(ELBO):
             seeded_guide = substitute(seeded_guide, data=substitutions)
         sampler = _ARSMSampler(seeded_guide, noise_key, self.check_finite)
         model_trace, guide_trace = get_importance_trace(
-            seed(model, model_key), sampler, args, kwargs, param_map)
-        return model_trace, guide_trace, sampler.noise
+            seed(model, model_key), sampler, args, kwargs, _fresh(param_map))
+        return model_trace, guide_trace, sampler
 
     def _particle(self, rng_key, param_map, model, guide, args, kwargs):
+        """``(elbo, surrogate, finiteness flags per site, mutable state)`` of one particle."""
         model_key, guide_key, noise_key, reference_key = random.split(rng_key, 4)
         keys = (model_key, guide_key, noise_key)
-        model_trace, guide_trace, noise = self._run(keys, param_map, model, guide, args, kwargs)
+        model_trace, guide_trace, sampler = self._run(keys, param_map, model, guide, args,
+                                                      kwargs)
+        noise = sampler.noise
         self._check_sites(model_trace, guide_trace, noise)
+        self._warn_sites(model_trace, guide_trace, sampler)
         latents = {
             n: s["value"] for n, s in guide_trace.items()
             if s["type"] == "sample" and not s.get("is_observed", False)
         }
         model_deps, guide_deps = get_nonreparam_deps(
-            model, guide, args, kwargs, param_map, latents=latents)
+            model, guide, args, kwargs, _fresh(param_map), latents=latents)
 
-        elbo = 0.0
-        for site in model_trace.values():
-            if site["type"] == "sample":
-                elbo = elbo + jnp.sum(site["log_prob"])
-        for site in guide_trace.values():
-            if site["type"] == "sample":
-                log_prob = jnp.sum(site["log_prob"])
-                if not site["fn"].has_rsample:
-                    log_prob = stop_gradient(log_prob)
-                elbo = elbo - log_prob
-
-        surrogate = 0.0
-        for name, site in guide_trace.items():
-            if (site["type"] != "sample" or site.get("is_observed", False)
-                    or site["fn"].has_rsample or name in noise):
-                continue
-            # score function, Rao-Blackwellized over plates; the scale enters once, via the cost
-            batch_shape = tuple(site["fn"].batch_shape)
-            cost = _site_cost(model_trace, guide_trace, name, model_deps, guide_deps,
-                              site["cond_indep_stack"], batch_shape, batch_shape)
-            log_q = site["fn"].log_prob(site["value"])
-            surrogate = surrogate + jnp.sum(log_q * stop_gradient(cost))
+        surrogate = _score_function_surrogate(model_trace, guide_trace, noise, model_deps,
+                                              guide_deps)
+        flags = [sampler.finite]
         for i, name in enumerate(noise):
-            grad, logits = self._site_grad(
+            grad, logits, finite = self._site_grad(
                 name, keys, random.fold_in(reference_key, i), model_trace, guide_trace, noise,
                 model_deps, guide_deps, param_map, model, guide, args, kwargs)
             surrogate = surrogate + jnp.sum(stop_gradient(grad) * logits)
-        return elbo, surrogate
+            flags.append(finite)
+        mutable = {n: s["value"] for tr in (guide_trace, model_trace) for n, s in tr.items()
+                   if s["type"] == "mutable"}
+        return _elbo_value(model_trace, guide_trace), surrogate, _merge_flags(*flags), mutable
 
     def _site_grad(self, name, keys, reference_key, model_trace, guide_trace, noise, model_deps,
                    guide_deps, param_map, model, guide, args, kwargs):
+        """``(gradient w.r.t. the site's logits, logits, finiteness flags of its pseudo
+        passes)``."""
         site = guide_trace[name]
         fn = site["fn"]
         kind, base = _arsm_kind(fn)
@@ -345,58 +403,80 @@ class ARSM_ELBO(ELBO):
         logits = _site_logits(kind, base, element_shape)
         batch_shape = tuple(fn.batch_shape)
         stack = site["cond_indep_stack"]
-        # A .to_event site's own log-probabilities factorize over its event elements: each
-        # element is scored by its own share of them (the others' do not depend on it).
-        cost_shape = element_shape
         value_shape = batch_shape + tuple(fn.event_shape)
+        found = []  # finiteness flags of the pseudo passes (returned, checked once per loss)
 
         def cost_of(model_trace, guide_trace):
+            # A .to_event site's own log-probabilities factorize over its event elements: each
+            # element is scored by its own share of them (the others' do not depend on it).
             return stop_gradient(_site_cost(model_trace, guide_trace, name, model_deps,
-                                            guide_deps, stack, batch_shape, cost_shape))
+                                            guide_deps, stack, batch_shape, element_shape))
+
+        def evaluate(action):
+            value = action.reshape(value_shape).astype(jnp.int32)
+            model_trace, guide_trace, sampler = self._run(
+                keys, param_map, model, guide, args, kwargs, substitutions={name: value})
+            return cost_of(model_trace, guide_trace), sampler.finite
 
         def pseudo_cost(action):
-            value = action.reshape(value_shape).astype(jnp.int32)
-            model_trace, guide_trace, _ = self._run(
-                keys, param_map, model, guide, args, kwargs, substitutions={name: value})
-            return cost_of(model_trace, guide_trace)
+            cost, finite = evaluate(action)
+            found.append(finite)
+            return cost
 
         def pseudo_costs(actions):
             if self.pseudo_map == "map":
-                return jax.lax.map(pseudo_cost, actions, batch_size=self.pseudo_batch_size)
-            return jax.vmap(pseudo_cost)(actions)
+                costs, finite = jax.lax.map(evaluate, actions, batch_size=self.pseudo_batch_size)
+            else:
+                costs, finite = jax.vmap(evaluate)(actions)
+            found.append(finite)
+            return costs
 
+        draw = (kind, site_noise, detached_logits, reference_key)
         real_cost = cost_of(model_trace, guide_trace)
         if self.estimator == "rloo":
-            # n independent samples (the real one first), evaluated like pseudo actions
-            sample_key = random.fold_in(reference_key, 1)
-            if kind == "bernoulli":
-                n = self.num_rloo_samples or 2
-                u = est.sample_uniform(sample_key, (n - 1,) + element_shape,
-                                       dtype=detached_logits.dtype)
-                b = est.bernoulli_pair(site_noise, detached_logits)[0]
-                samples = jnp.concatenate(
-                    [b[None], (u < jax.nn.sigmoid(detached_logits)).astype(b.dtype)])
-                costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
-                return est.bernoulli_rloo_grad(costs, samples, detached_logits), logits
-            C = site_noise.shape[-1]
-            n = self.num_rloo_samples or est.num_swap_rows(C)
-            # inverse-CDF draws: one uniform per sample instead of C exponentials
-            cdf = jnp.cumsum(jax.nn.softmax(detached_logits, -1), -1)[..., :-1]
-            u = random.uniform(sample_key, (n - 1,) + element_shape, dtype=cdf.dtype)
-            extra = (u[..., None] > cdf).sum(-1).astype(jnp.int32)
-            true_action = est.categorical_from_log_pi(site_noise, detached_logits)
-            samples = jnp.concatenate([true_action[None].astype(jnp.int32), extra])
+            grad = self._rloo_grad(draw, real_cost, pseudo_costs)
+        else:
+            grad = self._swap_grad(draw, real_cost, pseudo_cost, pseudo_costs)
+        return grad, logits, _merge_flags(*found)
+
+    def _rloo_grad(self, draw, real_cost, pseudo_costs):
+        """RLOO: ``n`` independent samples (the real one first), evaluated like pseudo
+        actions."""
+        kind, site_noise, detached_logits, reference_key = draw
+        element_shape = detached_logits.shape if kind == "bernoulli" else site_noise.shape[:-1]
+        sample_key = random.fold_in(reference_key, 1)
+        if kind == "bernoulli":
+            n = self.num_rloo_samples or 2
+            u = est.sample_uniform(sample_key, (n - 1,) + element_shape,
+                                   dtype=detached_logits.dtype)
+            b = est.bernoulli_pair(site_noise, detached_logits)[0]
+            samples = jnp.concatenate(
+                [b[None], (u < jax.nn.sigmoid(detached_logits)).astype(b.dtype)])
             costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
-            return est.rloo_grad(costs, samples, detached_logits), logits
+            return est.bernoulli_rloo_grad(costs, samples, detached_logits)
+        C = site_noise.shape[-1]
+        n = self.num_rloo_samples or est.num_swap_rows(C)
+        # inverse-CDF draws: one uniform per sample instead of C exponentials
+        cdf = jnp.cumsum(jax.nn.softmax(detached_logits, -1), -1)[..., :-1]
+        u = random.uniform(sample_key, (n - 1,) + element_shape, dtype=cdf.dtype)
+        extra = (u[..., None] > cdf).sum(-1).astype(jnp.int32)
+        true_action = est.categorical_from_log_pi(site_noise, detached_logits)
+        samples = jnp.concatenate([true_action[None].astype(jnp.int32), extra])
+        costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
+        return est.rloo_grad(costs, samples, detached_logits)
+
+    def _swap_grad(self, draw, real_cost, pseudo_cost, pseudo_costs):
+        """ARSM, ARS, AR (categorical); DisARM, AR (Bernoulli)."""
+        kind, site_noise, detached_logits, reference_key = draw
         if kind == "bernoulli":
             if self.estimator == "ar":
-                return est.bernoulli_ar_grad(real_cost, site_noise), logits
+                return est.bernoulli_ar_grad(real_cost, site_noise)
             b, anti_b = est.bernoulli_pair(site_noise, detached_logits)
             anti_cost = pseudo_cost(anti_b)
-            return est.disarm_grad(real_cost, anti_cost, b, anti_b, detached_logits), logits
+            return est.disarm_grad(real_cost, anti_cost, b, anti_b, detached_logits)
         C = site_noise.shape[-1]
         if self.estimator == "ar":
-            return est.ar_grad(real_cost, site_noise), logits
+            return est.ar_grad(real_cost, site_noise)
         if self.estimator == "ars":
             reference = random.randint(reference_key, (), 0, C)
             # the C - 1 swaps m <-> j, m != j (static shape); m == j is the true action
@@ -406,15 +486,16 @@ class ARSM_ELBO(ELBO):
             costs = pseudo_costs(est.pseudo_actions(site_noise, detached_logits, rows))
             table = jnp.zeros((C,) + costs.shape[1:], costs.dtype)
             table = table.at[others].set(costs).at[reference].set(real_cost)
-            return est.ars_grad(table, site_noise, reference), logits
+            return est.ars_grad(table, site_noise, reference)
         rows = jnp.arange(1, est.num_swap_rows(C))
         actions = est.pseudo_actions(site_noise, detached_logits, rows)
         table = jnp.concatenate([real_cost[None], pseudo_costs(actions)])
-        return est.arsm_grad(table, site_noise), logits
+        return est.arsm_grad(table, site_noise)
 
     # --- validation --------------------------------------------------------------------------
 
     def _check_sites(self, model_trace, guide_trace, noise):
+        """Errors for a model/guide pair ARSM cannot estimate (raised at trace time)."""
         for name, site in model_trace.items():
             if site["type"] != "sample":
                 continue
@@ -439,14 +520,68 @@ class ARSM_ELBO(ELBO):
                     "would be sampled from the prior and the ELBO would be wrong. Add it to the "
                     "guide."
                 )
+        # NumPyro's own checks, as TraceGraph_ELBO runs them: a warning for guide sites absent
+        # from the model, an error for shapes that disagree, a warning for a missing plate
+        check_model_guide_match(model_trace, guide_trace)
+        _validate_model(model_trace, plate_warning="strict")
+
+    def _warn_sites(self, model_trace, guide_trace, sampler):
+        """One warning per site (per ELBO object) for enumeration-marked guide sites and for
+        sites that get the score-function fallback."""
+        for name, enum in sampler.enumerated.items():
+            if name in self._warned_enumerated:
+                continue
+            self._warned_enumerated.add(name)
+            how = ("ARSM" if name in sampler.noise else "the score-function fallback")
+            warnings.warn(
+                f"ARSM_ELBO: guide site '{name}' is marked for enumeration (infer={{'enumerate': "
+                f"{enum!r}}}, e.g. by config_enumerate); ARSM_ELBO samples it instead and "
+                f"estimates its gradient with {how}. To enumerate it, use TraceEnum_ELBO.",
+                stacklevel=6,
+            )
+        if not self.warn_score_function:
+            return
         for name, site in guide_trace.items():
             if (site["type"] != "sample" or site.get("is_observed", False)
-                    or site["fn"].has_rsample or name in noise or name in self._warned_sites):
+                    or site["fn"].has_rsample or name in sampler.noise
+                    or name in self._warned_sites):
                 continue
             self._warned_sites.add(name)
             warnings.warn(
                 f"ARSM_ELBO: guide site '{name}' ({type(site['fn']).__name__}) is neither "
                 "categorical nor Bernoulli; it gets a score-function gradient with plate "
-                "Rao-Blackwellization (unbiased, higher variance).",
-                stacklevel=5,
+                "Rao-Blackwellization (unbiased, higher variance). Pass "
+                "warn_score_function=False to silence this warning.",
+                stacklevel=6,
             )
+
+
+def _elbo_value(model_trace, guide_trace):
+    """The single-sample ELBO; the guide log-prob of non-reparameterized sites is detached."""
+    elbo = 0.0
+    for site in model_trace.values():
+        if site["type"] == "sample":
+            elbo = elbo + jnp.sum(site["log_prob"])
+    for site in guide_trace.values():
+        if site["type"] == "sample":
+            log_prob = jnp.sum(site["log_prob"])
+            if not site["fn"].has_rsample:
+                log_prob = stop_gradient(log_prob)
+            elbo = elbo - log_prob
+    return elbo
+
+
+def _score_function_surrogate(model_trace, guide_trace, noise, model_deps, guide_deps):
+    """Score-function surrogate of the non-reparameterized sites that are neither categorical
+    nor Bernoulli, Rao-Blackwellized over plates; the scale enters once, via the cost."""
+    surrogate = 0.0
+    for name, site in guide_trace.items():
+        if (site["type"] != "sample" or site.get("is_observed", False)
+                or site["fn"].has_rsample or name in noise):
+            continue
+        batch_shape = tuple(site["fn"].batch_shape)
+        cost = _site_cost(model_trace, guide_trace, name, model_deps, guide_deps,
+                          site["cond_indep_stack"], batch_shape, batch_shape)
+        log_q = site["fn"].log_prob(site["value"])
+        surrogate = surrogate + jnp.sum(log_q * stop_gradient(cost))
+    return surrogate
