@@ -139,16 +139,6 @@ def test_nan_logits_raise_naming_the_site(jit):
                                    PLATED_DATA))
 
 
-def test_enumerated_guide_site_raises():
-    def guide(data):
-        with numpyro.plate("data", data.shape[0]):
-            numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)),
-                           infer={"enumerate": "parallel"})
-
-    with pytest.raises(ValueError, match="site 'z' is marked for enumeration"):
-        ARSM_ELBO().loss(jax.random.PRNGKey(0), {}, _simple_model, guide, PLATED_DATA)
-
-
 def test_model_latent_missing_from_guide_raises():
     with pytest.raises(ValueError, match="latent site 'z' of the model is missing"):
         ARSM_ELBO().loss(jax.random.PRNGKey(0), {}, _simple_model, lambda data: None,
