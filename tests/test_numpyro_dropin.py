@@ -2,6 +2,7 @@
 the number of particles, guides written for TraceEnum_ELBO (``config_enumerate``), SVI with
 ``numpyro.mutable`` state, NumPyro's model/guide checks, and ``warn_score_function``."""
 
+import functools
 import re
 import warnings
 
@@ -66,7 +67,12 @@ def test_program_size_does_not_grow_with_num_particles():
     assert _lowered(8, check_finite=False)[0] == 0
 
 
-def _key_with_nan_only_in_pseudo_passes(params, num_particles):
+def _nan_row_params():
+    return dict(CHAIN, phi2=CHAIN["phi2"].at[2].set(jnp.nan))
+
+
+@functools.lru_cache
+def _key_with_nan_only_in_pseudo_passes(num_particles):
     """A key whose real pass is finite while a pseudo pass of z1 re-samples z2 from a NaN row:
     found, and checked, with check_finite off. The real pass is the same under ``"ar"`` (no
     pseudo passes): its loss is finite; ARSM's gradient is NaN."""
@@ -75,12 +81,13 @@ def _key_with_nan_only_in_pseudo_passes(params, num_particles):
         return jax.jit(jax.value_and_grad(
             lambda p, k: elbo.loss(k, p, chain_model, chain_guide, jnp.array(0.5))))
 
+    params = _nan_row_params()
     real_pass, arsm = value_and_grad("ar"), value_and_grad("arsm")
     for i in range(40):
         key = jax.random.PRNGKey(i)
         if (jnp.isfinite(real_pass(params, key)[0])
                 and not jnp.all(jnp.isfinite(arsm(params, key)[1]["phi1"]))):
-            return key
+            return i
     raise AssertionError("no key found with NaN logits in pseudo passes only")
 
 
@@ -93,8 +100,8 @@ def test_nan_logits_of_a_downstream_site_raise_naming_it(jit, num_particles, whe
         if where == "real pass":
             params = dict(CHAIN, phi2=CHAIN["phi2"].at[:, 1].set(jnp.nan))
         else:  # z1 = 2 is drawn by some pseudo action but not by the real pass
-            params = dict(CHAIN, phi2=CHAIN["phi2"].at[2].set(jnp.nan))
-            key = _key_with_nan_only_in_pseudo_passes(params, num_particles)
+            params = _nan_row_params()
+            key = jax.random.PRNGKey(_key_with_nan_only_in_pseudo_passes(num_particles))
         loss = ARSM_ELBO(num_particles=num_particles).loss
         if jit:
             loss = jax.jit(loss, static_argnums=(2, 3))
@@ -174,19 +181,21 @@ def test_config_enumerate_guide_runs_in_svi_with_one_warning_per_site():
     assert bool(jnp.isfinite(loss))
 
 
-def test_enumeration_mark_changes_nothing_but_the_warning():
+@pytest.mark.parametrize("case", ["mixture, arsm", "chain, arsm", "chain, rloo"])
+def test_enumeration_mark_changes_nothing_but_the_warning(case):
     # the same draws as the unmarked guide, downstream re-sampling (z2 of the chain) included
-    for model, guide, params, data in [(mixture_model, mixture_guide, MIX, MIX_DATA),
-                                       (chain_model, chain_guide, CHAIN, jnp.array(0.5))]:
-        for estimator in ("arsm", "rloo"):
-            elbo = ARSM_ELBO(num_particles=3, estimator=estimator)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                marked = _grad_fn(elbo, model, config_enumerate(guide), data)(
-                    params, jax.random.PRNGKey(1))
-            plain = _grad_fn(elbo, model, guide, data)(params, jax.random.PRNGKey(1))
-            for name in params:
-                np.testing.assert_array_equal(marked[name], plain[name])
+    name, estimator = case.split(", ")
+    model, guide, params, data = {
+        "mixture": (mixture_model, mixture_guide, MIX, MIX_DATA),
+        "chain": (chain_model, chain_guide, CHAIN, jnp.array(0.5))}[name]
+    elbo = ARSM_ELBO(estimator=estimator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        marked = _grad_fn(elbo, model, config_enumerate(guide), data)(
+            params, jax.random.PRNGKey(1))
+    plain = _grad_fn(elbo, model, guide, data)(params, jax.random.PRNGKey(1))
+    for name in params:
+        np.testing.assert_array_equal(marked[name], plain[name])
 
 
 @pytest.mark.slow
