@@ -30,33 +30,6 @@ def _make_elbo(name, elbo_kwargs):
     return ARSM_ELBO(estimator=name, **elbo_kwargs)
 
 
-def _static_evaluations(name, model, guide, params, args, kwargs):
-    """Model evaluations per estimate (static under jit): per discrete guide site, the real pass
-    plus the estimator's pseudo passes."""
-    from numpyro.handlers import seed, substitute, trace
-
-    from numpyro_arsm.elbo import _arsm_kind
-
-    guide_trace = trace(seed(substitute(guide, data=params), 0)).get_trace(*args, **kwargs)
-    total = 1
-    for site in guide_trace.values():
-        if site["type"] != "sample" or site.get("is_observed", False):
-            continue
-        kind, base = _arsm_kind(site["fn"])
-        if kind is None:
-            continue
-        C = 2 if kind == "bernoulli" else base.logits.shape[-1]
-        if name == "arsm":
-            total += 1 if kind == "bernoulli" else C * (C - 1) // 2
-        elif name == "ars":
-            total += 1 if kind == "bernoulli" else C - 1
-        elif name.startswith("rloo"):
-            n = int(name.split(":")[1]) if ":" in name else (2 if kind == "bernoulli"
-                                                              else C * (C - 1) // 2 + 1)
-            total += n - 1
-    return total
-
-
 def compare_estimators(model, guide, params, *args, rng_key=None,
                        estimators=DEFAULT_ESTIMATORS, num_draws=30, print_table=True,
                        elbo_kwargs=None, **kwargs):
@@ -66,7 +39,8 @@ def compare_estimators(model, guide, params, *args, rng_key=None,
     Each estimator's gradient function is jitted; its first call (compile) is timed separately
     and ``num_draws`` further calls give the variance and the median seconds per estimate.
 
-    :param estimators: names among ``"arsm"``, ``"ars"``, ``"ar"``, ``"rloo"``, ``"rloo:n"`` and
+    :param estimators: names among ``"arsm"``, ``"ars"``, ``"ar"``, ``"local"``, ``"rloo"``,
+        ``"rloo:n"`` and
         ``"tracegraph"`` (NumPyro's TraceGraph_ELBO).
     :returns: a list of dicts: ``estimator``, ``variance`` (trace of the covariance of the
         gradient w.r.t. ``params``), ``seconds``, ``variance_x_seconds``, ``evaluations`` (model
@@ -95,8 +69,9 @@ def compare_estimators(model, guide, params, *args, rng_key=None,
             "variance": variance,
             "seconds": median,
             "variance_x_seconds": variance * median,
+            # counted by the ELBO when the loss was traced (compiled) above
             "evaluations": (1 if name == "tracegraph" else
-                            _static_evaluations(name, model, guide, params, args, kwargs)),
+                            elbo.num_particles * (1 + elbo.last_num_pseudo_evaluations)),
             "compile_seconds": compile_seconds,
         })
     if print_table:

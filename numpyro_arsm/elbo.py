@@ -35,7 +35,8 @@ from numpyro_arsm import estimators as est
 
 __all__ = ["ARSM_ELBO"]
 
-_ESTIMATORS = ("arsm", "ars", "ar", "rloo")
+_ESTIMATORS = ("arsm", "ars", "ar", "rloo", "local")
+_MANY_EVALUATIONS = 4096  # warn once about a site that needs more evaluations per step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,8 +266,12 @@ class ARSM_ELBO(ELBO):
     :param str estimator: ``"arsm"`` (default, ``C(C-1)/2 + 1`` evaluations), ``"ars"`` (one
         random reference category, ``C`` evaluations), ``"ar"`` (1 evaluation) or ``"rloo"``
         (REINFORCE with leave-one-out baselines over ``num_rloo_samples`` independent samples of
-        the site, evaluated with the same ``vmap``: the equal-budget competitor). Bernoulli
-        sites: DisARM, AR for ``"ar"``, RLOO for ``"rloo"``.
+        the site, evaluated with the same ``vmap``: the equal-budget competitor) or ``"local"``
+        (the exact local expectation from the per-element table, for element-separable sites;
+        others get ARSM, with a warning). Bernoulli sites: DisARM, AR for ``"ar"``, RLOO for
+        ``"rloo"``. An element-separable site (no ``.to_event`` dims, every dependent log-prob
+        term inside all of its plates) is evaluated at its ``C`` columns, the ``k``-th with
+        every element at category ``k``, and ARSM reads every swap's cost off that table.
     :param int num_rloo_samples: samples per site for ``"rloo"`` (default: the ARSM budget,
         ``C(C-1)/2 + 1`` for a categorical site, 2 for a Bernoulli site).
     :param str pseudo_map: ``"vmap"`` (default) or ``"map"`` (``lax.map``, less memory).
@@ -316,6 +321,8 @@ class ARSM_ELBO(ELBO):
         self.warn_score_function = warn_score_function
         self._warned_sites = set()
         self._warned_enumerated = set()
+        #: pseudo-action evaluations of one particle, counted when the loss was last traced
+        self.last_num_pseudo_evaluations = 0
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
         """``-ELBO`` whose gradient is the ARSM estimate.
@@ -332,6 +339,8 @@ class ARSM_ELBO(ELBO):
         """Like :meth:`loss`, and the values of the ``numpyro.mutable`` sites after the real
         pass: ``{"loss": ..., "mutable_state": ...}`` (``None`` without mutable sites), as
         :class:`numpyro.infer.SVI` expects."""
+
+        self.last_num_pseudo_evaluations = 0
 
         def single_particle(key):
             elbo, surrogate, finite, mutable = self._particle(key, param_map, model, guide,
@@ -419,11 +428,21 @@ class ARSM_ELBO(ELBO):
             return cost_of(model_trace, guide_trace), sampler.finite
 
         def pseudo_cost(action):
+            self.last_num_pseudo_evaluations += 1
             cost, finite = evaluate(action)
             found.append(finite)
             return cost
 
         def pseudo_costs(actions):
+            self.last_num_pseudo_evaluations += actions.shape[0]
+            if actions.shape[0] > _MANY_EVALUATIONS and ("many", name) not in self._warned_sites:
+                self._warned_sites.add(("many", name))
+                warnings.warn(
+                    f"ARSM_ELBO: guide site '{name}' needs {actions.shape[0]} model evaluations "
+                    "per step (whole-site swaps of a site whose cost is not element-separable). "
+                    "Bound the memory with pseudo_map='map' and pseudo_batch_size, or use "
+                    "estimator='ars' (C evaluations) or 'rloo' with a small num_rloo_samples; "
+                    "estimator='local' needs a separable cost.", stacklevel=6)
             if self.pseudo_map == "map":
                 costs, finite = jax.lax.map(evaluate, actions, batch_size=self.pseudo_batch_size)
             else:
@@ -433,6 +452,25 @@ class ARSM_ELBO(ELBO):
 
         draw = (kind, site_noise, detached_logits, reference_key)
         real_cost = cost_of(model_trace, guide_trace)
+        separable = _is_separable(name, model_trace, guide_trace, model_deps, guide_deps)
+        if self.estimator == "local" and not separable and name not in self._warned_sites:
+            self._warned_sites.add(name)
+            warnings.warn(
+                f"ARSM_ELBO: the cost of guide site '{name}' is not element-separable (a term "
+                "that depends on it lies outside its plates, or it has .to_event dims), so the "
+                "exact local expectation does not apply; it gets ARSM instead.", stacklevel=6)
+        if separable and (self.estimator == "local" or (
+                self.estimator == "arsm" and kind == "categorical")):
+            # C evaluations (the k-th with every element at category k) give every element's
+            # cost at every category
+            C = 2 if kind == "bernoulli" else site_noise.shape[-1]
+            column_costs = pseudo_costs(est.column_actions(C, element_shape))
+            if self.estimator == "local":
+                local = est.bernoulli_local_grad if kind == "bernoulli" else est.local_grad
+                grad = local(column_costs, detached_logits)
+            else:
+                grad = est.arsm_grad_from_columns(column_costs, site_noise, detached_logits)
+            return grad, logits, _merge_flags(*found)
         if self.estimator == "rloo":
             grad = self._rloo_grad(draw, real_cost, pseudo_costs)
         else:
@@ -554,6 +592,28 @@ class ARSM_ELBO(ELBO):
                 "warn_score_function=False to silence this warning.",
                 stacklevel=6,
             )
+
+
+def _is_separable(name, model_trace, guide_trace, model_deps, guide_deps):
+    """Whether the cost of each element of site ``name`` depends on that element alone: no
+    event dims, every batch dim a plate, and every log-prob term that depends on the site inside
+    all of its plates (the assumption plates already make, and the per-element cost relies on)."""
+    site = guide_trace[name]
+    model_site = model_trace.get(name)
+    if site["fn"].event_shape or (model_site is not None and model_site["fn"].event_shape):
+        return False
+    plates = {(f.name, f.dim) for f in site["cond_indep_stack"]}
+    batch_shape = tuple(site["fn"].batch_shape)
+    plate_dims = {dim for _, dim in plates}
+    if any(size > 1 and i - len(batch_shape) not in plate_dims
+           for i, size in enumerate(batch_shape)):
+        return False
+    for trace, deps in ((model_trace, model_deps), (guide_trace, guide_deps)):
+        for n, s in trace.items():
+            if s["type"] == "sample" and name in deps.get(n, ()):
+                if not plates <= {(f.name, f.dim) for f in s["cond_indep_stack"]}:
+                    return False
+    return True
 
 
 def _elbo_value(model_trace, guide_trace):
