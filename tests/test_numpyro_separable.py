@@ -35,13 +35,14 @@ from test_numpyro_unbiased import (  # noqa: E402
     to_event_model,
 )
 
-# two documents of three tokens, vocabulary 4, 3 topics (the Pyro test's LDA-style model)
-WORDS = jnp.array([[0, 1, 1], [3, 2, 3]])
+# two documents of two tokens, vocabulary 4, 3 topics (the Pyro test's LDA-style model, smaller:
+# the exact reference enumerates all 3^4 joint assignments by hand)
+WORDS = jnp.array([[0, 1], [3, 2]])
 LDA = {"topic_words": jnp.array([[0.5, 0.2, 0.2, 0.1], [0.1, 0.6, 0.2, 0.1],
                                  [0.1, 0.1, 0.3, 0.5]]),
        "doc_topics": jnp.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]]),
-       "phi": jnp.array([[[0.4, -0.2, 0.1], [0.0, 0.5, -0.5], [0.2, 0.2, 0.0]],
-                         [[-0.3, 0.1, 0.6], [0.3, 0.0, -0.1], [0.0, -0.4, 0.4]]])}
+       "phi": jnp.array([[[0.4, -0.2, 0.1], [0.0, 0.5, -0.5]],
+                         [[-0.3, 0.1, 0.6], [0.3, 0.0, -0.1]]])}
 
 
 def lda_model(words):
@@ -49,14 +50,14 @@ def lda_model(words):
                                 constraint=dist.constraints.simplex)
     doc_topics = numpyro.param("doc_topics", LDA["doc_topics"],
                                constraint=dist.constraints.simplex)
-    with numpyro.plate("docs", 2, dim=-2), numpyro.plate("tokens", 3, dim=-1):
+    with numpyro.plate("docs", 2, dim=-2), numpyro.plate("tokens", 2, dim=-1):
         z = numpyro.sample("z", dist.Categorical(doc_topics[:, None, :]))
         numpyro.sample("w", dist.Categorical(topic_words[z]), obs=words)
 
 
 def lda_guide(words):
     phi = numpyro.param("phi", LDA["phi"])
-    with numpyro.plate("docs", 2, dim=-2), numpyro.plate("tokens", 3, dim=-1):
+    with numpyro.plate("docs", 2, dim=-2), numpyro.plate("tokens", 2, dim=-1):
         numpyro.sample("z", dist.Categorical(logits=phi))
 
 
@@ -66,7 +67,7 @@ def test_unbiased_mixture_plate(estimator):
           estimator=estimator, label=f"numpyro mixture plate, {estimator}")
 
 
-@pytest.mark.parametrize("estimator", ["arsm", "ars", "rloo", "local"])
+@pytest.mark.parametrize("estimator", ["arsm", "local"])
 def test_unbiased_lda_token_plates(estimator):
     check(lda_model, lda_guide, LDA, ["phi", "topic_words", "doc_topics"], (WORDS,),
           estimator=estimator, label=f"numpyro LDA token plates, {estimator}")
