@@ -442,12 +442,21 @@ def swap_actions(log_pi, logits):
 
 
 def _swap_costs_times(table, weights, log_pi, logits):
-    """``(F w)_m = sum_j F[m, j] w_j`` with ``F[m, j] = table[z^{m<->j}]``, per element.
+    """``(F w)_m = sum_j F[m, j] w_j`` with ``F[m, j] = table[z^{m<->j}]``, per element, in
+    ``O(C log C)``.
 
-    Every swap leaves the true action ``z = b0`` (the best score) among the candidates unless it
-    moves ``b0`` itself, so away from row and column ``b0`` the best of the other categories is
-    ``b0``: the bulk of ``F`` takes five elementwise ops and one batched mat-vec, and row ``b0``
-    (= column ``b0``: ``F`` is symmetric) is fixed in ``O(C)``.
+    Let ``b0`` be the true action (the least score ``r0 = log pi_b0 - phi_b0``). A swap of two
+    categories ``m, j`` other than ``b0`` leaves ``b0`` and its score in place, so ``z^{m<->j}`` is
+    ``m`` when ``log pi_j - phi_m < r0``, ``j`` when ``log pi_m - phi_j < r0`` (the two cannot
+    hold together: each implies the opposite order of ``log pi + phi``), and ``b0`` otherwise.
+    Hence, for ``m != b0``::
+
+        sum_{j != b0} F[m, j] w_j = T_b0 sum_{j != b0} w_j
+                                    + (T_m - T_b0) sum_{j != b0: log pi_j < r0 + phi_m} w_j
+                                    + sum_{j != b0: phi_j > log pi_m - r0} (T_j - T_b0) w_j,
+
+    two threshold sums read off prefix sums over ``log pi`` and ``phi`` sorted (a search per
+    ``m``). Row ``b0`` (= column ``b0``: ``F`` is symmetric) is computed directly in ``O(C)``.
     """
     C = logits.shape[-1]
     scores = log_pi - logits  # [n, C]
@@ -456,15 +465,20 @@ def _swap_costs_times(table, weights, log_pi, logits):
         best_scores = torch.nn.functional.pad(best_scores, (0, 3 - C), value=float("inf"))
         best = torch.nn.functional.pad(best, (0, 3 - C), value=0)
     best_values = table.gather(-1, best)  # [n, 3]
-    b0, v0 = best[:, :1], best_values[:, :1]
-    # bulk: F[m, j] from the candidates m (score log pi_j - phi_m), j, and b0
-    swapped_m = log_pi.unsqueeze(-2) - logits.unsqueeze(-1)  # [n, m, j]
-    swapped_j = swapped_m.transpose(-1, -2)  # log pi_m - phi_j
-    F = torch.where(swapped_m < swapped_j, table.unsqueeze(-1), table.unsqueeze(-2))
-    F = torch.where(torch.minimum(swapped_m, swapped_j) < best_scores[:, :1, None], F,
-                    v0.unsqueeze(-1))
-    Fw = (F @ weights.unsqueeze(-1)).squeeze(-1)  # [n, m]
-    bulk_column = F.gather(-1, b0.unsqueeze(-1).expand(-1, C, 1)).squeeze(-1)  # F[m, b0]
+    b0, r0, v0 = best[:, :1], best_scores[:, :1], best_values[:, :1]
+    not_b0 = torch.arange(C, device=logits.device) != b0  # [n, C]
+    w_rest = torch.where(not_b0, weights, torch.zeros_like(weights))
+    # (T_m - T_b0) * sum of w_j over log pi_j < r0 + phi_m
+    sorted_log_pi, order = log_pi.sort(-1)
+    below = torch.nn.functional.pad(w_rest.gather(-1, order).cumsum(-1), (1, 0))  # [n, C + 1]
+    count = torch.searchsorted(sorted_log_pi, r0 + logits)  # number of log pi_j < r0 + phi_m
+    bulk = (table - v0) * below.gather(-1, count)
+    # sum of (T_j - T_b0) w_j over phi_j > log pi_m - r0
+    sorted_logits, order = logits.sort(-1)
+    gain = ((table - v0) * w_rest).gather(-1, order)
+    above = torch.nn.functional.pad(gain.flip(-1).cumsum(-1), (1, 0)).flip(-1)  # [n, C + 1]
+    count = torch.searchsorted(sorted_logits, log_pi - r0, right=True)  # phi_j <= log pi_m - r0
+    bulk = bulk + above.gather(-1, count) + v0 * w_rest.sum(-1, keepdim=True)
     # row b0 exactly: candidates b0 (score log pi_j - phi_b0), j, and the best of the rest
     log_pi_b0, logits_b0 = log_pi.gather(-1, b0), logits.gather(-1, b0)
     score_b0, score_j = log_pi - logits_b0, log_pi_b0 - logits
@@ -474,30 +488,25 @@ def _swap_costs_times(table, weights, log_pi, logits):
     row = torch.where(score_b0 < score_j, v0, table)
     row = torch.where(torch.minimum(score_b0, score_j) < rest_score, row, rest_value)
     row = row.scatter(-1, b0, v0)  # the diagonal: no swap
-    Fw = Fw + (row - bulk_column) * weights.gather(-1, b0)
+    Fw = bulk + row * weights.gather(-1, b0)
     return Fw.scatter(-1, b0, (row * weights).sum(-1, keepdim=True))
 
 
 def arsm_grad_from_columns(column_costs, log_pi, logits):
     """ARSM estimate for an element-separable cost from its per-element table: the same value
-    as :func:`arsm_grad` on the costs of every swap row, at ``O(C^2)`` per element.
+    as :func:`arsm_grad` on the costs of every swap row, at ``O(C log C)`` per element.
 
     :param column_costs: ``[C, *elements]``; :param log_pi, logits: ``[*elements, C]``.
     :returns: ``[*elements, C]``.
     """
     C = logits.shape[-1]
-    table = column_costs.movedim(0, -1).to(log_pi.dtype).expand(log_pi.shape).reshape(-1, C)
-    log_pi, flat_logits = log_pi.reshape(-1, C), logits.reshape(-1, C)
+    shape = torch.broadcast_shapes(log_pi.shape, logits.shape)
+    table = column_costs.movedim(0, -1).to(log_pi.dtype).expand(shape).reshape(-1, C)
+    log_pi, flat_logits = log_pi.expand(shape).reshape(-1, C), logits.expand(shape).reshape(-1, C)
     weights = 1.0 / C - log_pi.exp()
-    # elements in chunks of about 2^19 table entries: the [chunk, C, C] temporaries stay in cache
-    chunk = max(1, 2 ** 19 // C ** 2)
-    grads = []
-    for start in range(0, table.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        Fw = _swap_costs_times(table[rows], weights[rows], log_pi[rows], flat_logits[rows])
-        # g_m = sum_j (F[m, j] - mean_m' F[m', j]) w_j = (F w)_m - mean_m' (F w)_m'
-        grads.append(Fw - Fw.mean(-1, keepdim=True))
-    return torch.cat(grads).reshape(logits.shape)
+    Fw = _swap_costs_times(table, weights, log_pi.contiguous(), flat_logits.contiguous())
+    # g_m = sum_j (F[m, j] - mean_m' F[m', j]) w_j = (F w)_m - mean_m' (F w)_m'
+    return (Fw - Fw.mean(-1, keepdim=True)).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -313,6 +313,22 @@ def test_arsm_grad_from_columns_equals_arsm_grad_on_the_gathered_costs(C, elemen
     np.testing.assert_array_equal(np.asarray(swaps), expected_swaps)
 
 
+@pytest.mark.parametrize("C", [2, 3, 9, 40, 200])
+def test_sorted_swap_sums_equal_the_dense_swap_table(C):
+    # _swap_costs_times (used from C = 160 on) reads (F w) off sorted prefix sums; check it
+    # against F built swap by swap
+    keys = jax.random.split(_key(1000 + C), 3)
+    n = 50
+    logits = 2 * jax.random.normal(keys[0], (n, C))
+    log_pi = est.sample_log_pi(keys[1], (n,), C)
+    table = jax.random.normal(keys[2], (n, C))
+    weights = 1.0 / C - jnp.exp(log_pi)
+    F = jnp.take_along_axis(table[:, None, :], est.swap_actions(log_pi, logits), -1)
+    expected = (F * weights[:, None, :]).sum(-1)
+    got = jax.jit(est._swap_costs_times)(table, weights, log_pi, logits)
+    assert jnp.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_arsm_grad_from_columns_with_logits_shared_by_the_elements():
     C = 5
     logits = jax.random.normal(_key(110), (C,))

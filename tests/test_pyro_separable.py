@@ -56,6 +56,21 @@ def test_arsm_from_columns_equals_arsm_on_every_swap_row(C):
     assert torch.equal(actions, rows[pair].permute(2, 0, 1))
 
 
+@pytest.mark.parametrize("C", [2, 3, 9, 40, 200])
+def test_sorted_swap_sums_equal_the_dense_swap_table(C):
+    # _swap_costs_times reads (F w) off sorted prefix sums; check it against F built swap by swap
+    torch.manual_seed(1000 + C)
+    n = 50
+    logits = 2 * torch.randn(n, C, dtype=torch.float64)
+    log_pi = est.sample_log_pi((n,), C, dtype=torch.float64)
+    table = torch.randn(n, C, dtype=torch.float64)
+    weights = 1.0 / C - log_pi.exp()
+    F = table.gather(-1, est.swap_actions(log_pi, logits).reshape(n, -1)).reshape(n, C, C)
+    expected = (F @ weights.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(est._swap_costs_times(table, weights, log_pi, logits), expected,
+                          rtol=1e-12, atol=1e-12)
+
+
 def test_local_grad_is_the_gradient_of_the_expectation():
     logits = torch.randn(4, 5, requires_grad=True)
     columns = torch.randn(5, 4)
