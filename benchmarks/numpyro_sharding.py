@@ -93,8 +93,9 @@ def run_cell(num_devices, batch_size, args):
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return names[0]
+    except (OSError, IndexError):
         return platform.processor() or platform.machine()
 
 
