@@ -95,6 +95,10 @@ def main(args):
     cpu_name, cores = machine()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                             capture_output=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "pyro_arsm"], cwd=ROOT, text=True,
+                           capture_output=True).stdout.strip()
+    if dirty:
+        commit += " plus uncommitted changes to pyro_arsm/ in the working tree"
     report = f"""# ARSM_ELBO under DistributedDataParallel: throughput against processes (CPU)
 
 - machine: {cpu_name}, {cores} cores visible to this process, **shared with other jobs** (load
