@@ -40,29 +40,3 @@ html_theme = "alabaster"
 html_title = f"ppl-arsm {release}"
 # No static files of our own; an html_static_path that does not exist is a warning.
 html_static_path = []
-
-
-# Known docstring bug in a file this configuration does not own (pyro_arsm/elbo.py, ARSM_ELBO
-# docstring, the "A site whose cost is **element-separable**" paragraph): the paragraph sits
-# inside the bullet list and runs into the next bullet without a blank line (docutils: "Unexpected
-# indentation", "Block quote ends without a blank line"). Until the docstring is fixed, insert the
-# missing blank line for that docstring only; once fixed this does nothing and can be deleted.
-# Every other docstring warning fails the build.
-_MISSING_BLANK_LINE_BEFORE = {
-    name: "* other non-reparameterizable sites"
-    for name in ("pyro_arsm.ARSM_ELBO", "pyro_arsm.elbo.ARSM_ELBO")
-}
-
-
-def _fix_known_docstrings(app, what, name, obj, options, lines):
-    marker = _MISSING_BLANK_LINE_BEFORE.get(name)
-    if marker is None:
-        return
-    for i, line in enumerate(lines):
-        if i > 0 and line.startswith(marker) and lines[i - 1].strip():
-            lines.insert(i, "")
-            return
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _fix_known_docstrings)

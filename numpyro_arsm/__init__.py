@@ -7,7 +7,13 @@ from numpyro_arsm.autoguide import AutoCategorical, discrete_latent_sites
 from numpyro_arsm.compare import compare_estimators
 from numpyro_arsm.elbo import ARSM_ELBO
 
-__all__ = ["ARSM_ELBO", "AutoCategorical", "compare_estimators", "discrete_latent_sites", "estimators"]
+__all__ = [
+    "ARSM_ELBO",
+    "AutoCategorical",
+    "compare_estimators",
+    "discrete_latent_sites",
+    "estimators",
+]
 try:  # the version is written once, in pyproject.toml; read it from the installed metadata
     __version__ = _metadata.version("ppl-arsm")
 except _metadata.PackageNotFoundError:  # imported from a source tree never pip-installed

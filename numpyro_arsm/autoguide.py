@@ -1,4 +1,5 @@
-"""A discrete autoguide for ARSM: a learnable categorical / Bernoulli guide site per discrete latent.
+"""A discrete autoguide for ARSM: a learnable categorical / Bernoulli guide site per discrete
+latent.
 
 NumPyro has no discrete autoguide (its autoguides reject discrete latent sites).
 :class:`AutoCategorical` gives every discrete latent site of the model a guide site of the same
@@ -22,11 +23,11 @@ from contextlib import ExitStack
 
 import jax
 import jax.numpy as jnp
-
 import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.infer.autoguide import AutoGuide
+
 from numpyro_arsm.elbo import _arsm_kind, _element_shape
 
 __all__ = ["AutoCategorical", "discrete_latent_sites"]
@@ -66,10 +67,10 @@ class AutoCategorical(AutoGuide):
     unconstrained logits, so that :class:`~numpyro_arsm.ARSM_ELBO` can differentiate through them.
     Guide sites are independent of each other given the logits.
 
-    *Local* logits (the default) are a ``numpyro.param`` named ``"{prefix}_{site}_logits"`` with one
-    row per plate element, initialized from the model's prior (``init="prior"``) or to zeros
-    (``init="uniform"``). Subsampled plates keep full-size parameters and use the rows of the current
-    subsample (NumPyro's plates slice params declared with ``event_dim``).
+    *Local* logits (the default) are a ``numpyro.param`` named ``"{prefix}_{site}_logits"`` with
+    one row per plate element, initialized from the model's prior (``init="prior"``) or to zeros
+    (``init="uniform"``). Subsampled plates keep full-size parameters and use the rows of the
+    current subsample (NumPyro's plates slice params declared with ``event_dim``).
 
     *Amortized* logits come from ``network(*args, **kwargs)``, called inside the guide with the
     model's arguments; it returns a dict ``{site_name: logits}`` and declares its own weights with
@@ -139,8 +140,9 @@ class AutoCategorical(AutoGuide):
             if site["infer"].get("enumerate"):
                 raise ValueError(
                     f"AutoCategorical: site '{name}' is enumerated in the model "
-                    f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not sample "
-                    "it. Either keep enumerating it (TraceEnum_ELBO, and block it from this guide with "
+                    f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not "
+                    "sample it. Either keep enumerating it (TraceEnum_ELBO, and block it from this "
+                    "guide with "
                     f"handlers.block(model, hide=['{name}'])) or remove the enumerate flag / "
                     "config_enumerate from the model to sample it with ARSM."
                 )
@@ -171,9 +173,10 @@ class AutoCategorical(AutoGuide):
             for frame in frames:
                 if frame.name not in self._prototype_frame_full_sizes:
                     raise ValueError(
-                        f"AutoCategorical: the plate '{frame.name}' of site '{name}' is hidden from "
-                        "the guide, so its full size (and any subsampling) is unknown. In NumPyro "
-                        "handlers.block(model, expose=[...]) hides plates too: pass the model "
+                        f"AutoCategorical: the plate '{frame.name}' of site '{name}' is hidden "
+                        "from the guide, so its full size (and any subsampling) is unknown. In "
+                        "NumPyro handlers.block(model, expose=[...]) hides plates too: pass the "
+                        "model "
                         f"itself with AutoCategorical(model, sites=['{name}', ...]), or block with "
                         "hide=[...] instead."
                     )
@@ -186,11 +189,12 @@ class AutoCategorical(AutoGuide):
                 if full_size != frame.size and 0 <= dim:
                     full_shape[dim] = full_size
             if self.init == "prior":
-                prior = jnp.broadcast_to(jax.nn.log_softmax(base.logits, -1) if kind == "categorical"
-                                         else base.logits, shape)
+                prior = (jax.nn.log_softmax(base.logits, -1) if kind == "categorical"
+                         else base.logits)
+                prior = jnp.broadcast_to(prior, shape)
                 # repeat the prior's rows periodically up to the full plate size
                 init = prior
-                for dim, (n, m) in enumerate(zip(full_shape, shape)):
+                for dim, (n, m) in enumerate(zip(full_shape, shape, strict=True)):
                     if n != m:
                         init = jnp.take(init, jnp.arange(n) % m, axis=dim)
             else:

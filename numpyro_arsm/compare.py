@@ -10,7 +10,6 @@ import time
 
 import jax
 import numpy as np
-
 from numpyro.infer import TraceGraph_ELBO
 
 from numpyro_arsm.elbo import ARSM_ELBO
@@ -51,7 +50,8 @@ def compare_estimators(model, guide, params, *args, rng_key=None,
     rows = []
     for name in estimators:
         elbo = _make_elbo(name, elbo_kwargs)
-        grad = jax.jit(jax.grad(lambda p, k: elbo.loss(k, p, model, guide, *args, **kwargs)))
+        grad = jax.jit(jax.grad(
+            lambda p, k, elbo=elbo: elbo.loss(k, p, model, guide, *args, **kwargs)))
         keys = jax.random.split(jax.random.fold_in(rng_key, len(rows)), num_draws + 1)
         start = time.perf_counter()
         jax.block_until_ready(grad(params, keys[0]))

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 from jax import random
 from jax.lax import stop_gradient
-
 from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
 from numpyro.distributions.discrete import (
     BernoulliLogits,
@@ -76,7 +75,7 @@ def _site_hash(name):
 
 
 def _raise_if_not_finite(names, finite):
-    bad = [n for n, ok in zip(names, finite) if not bool(ok)]
+    bad = [n for n, ok in zip(names, finite, strict=True) if not bool(ok)]
     if not bad:
         return
     sites = ", ".join(f"'{n}'" for n in bad)
@@ -307,7 +306,8 @@ class ARSM_ELBO(ELBO):
                  num_rloo_samples=None, pseudo_map="vmap", pseudo_batch_size=None,
                  check_finite=True, warn_score_function=True):
         if estimator not in _ESTIMATORS:
-            raise ValueError(f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+            raise ValueError(
+                f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
         if pseudo_map not in ("vmap", "map"):
             raise ValueError(f"ARSM_ELBO: pseudo_map must be 'vmap' or 'map', got {pseudo_map!r}")
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)

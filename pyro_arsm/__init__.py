@@ -6,8 +6,16 @@ from pyro_arsm import estimators
 from pyro_arsm.autoguide import AutoCategorical, discrete_latent_sites
 from pyro_arsm.compare import compare_estimators
 from pyro_arsm.elbo import ARSM_ELBO
+from pyro_arsm.jit import JitARSM_ELBO
 
-__all__ = ["ARSM_ELBO", "AutoCategorical", "compare_estimators", "discrete_latent_sites", "estimators"]
+__all__ = [
+    "ARSM_ELBO",
+    "AutoCategorical",
+    "JitARSM_ELBO",
+    "compare_estimators",
+    "discrete_latent_sites",
+    "estimators",
+]
 try:  # the version is written once, in pyproject.toml; read it from the installed metadata
     __version__ = _metadata.version("ppl-arsm")
 except _metadata.PackageNotFoundError:  # imported from a source tree never pip-installed

@@ -1,4 +1,5 @@
-"""A discrete autoguide for ARSM: a learnable categorical / Bernoulli guide site per discrete latent.
+"""A discrete autoguide for ARSM: a learnable categorical / Bernoulli guide site per discrete
+latent.
 
 Pyro's :class:`~pyro.infer.autoguide.AutoDiscreteParallel` exists to be enumerated by
 ``TraceEnum_ELBO``; :class:`AutoCategorical` is its counterpart for *sampling* gradient estimators
@@ -20,17 +21,17 @@ Continuous latents are not its job: combine it with another autoguide through
 import operator
 from contextlib import ExitStack
 
-import torch
-from torch.distributions import constraints
-
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
+import torch
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroModule, PyroParam
 from pyro.ops.tensor_utils import periodic_repeat
+from torch.distributions import constraints
+
 from pyro_arsm.elbo import _arsm_kind, _element_shape
 
 __all__ = ["AutoCategorical", "discrete_latent_sites"]
@@ -129,8 +130,9 @@ class AutoCategorical(AutoGuide):
             if site["infer"].get("enumerate"):
                 raise ValueError(
                     f"AutoCategorical: site '{name}' is enumerated in the model "
-                    f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not sample "
-                    "it. Either keep enumerating it (TraceEnum_ELBO, and block it from this guide with "
+                    f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not "
+                    "sample it. Either keep enumerating it (TraceEnum_ELBO, and block it from this "
+                    "guide with "
                     f"poutine.block(model, hide=['{name}'])) or remove the enumerate flag / "
                     "config_enumerate from the model to sample it with ARSM."
                 )
@@ -164,7 +166,10 @@ class AutoCategorical(AutoGuide):
             )
             if name in amortized:
                 continue
-            init = base.logits.detach().expand(shape) if self.init == "prior" else torch.zeros(shape)
+            if self.init == "prior":
+                init = base.logits.detach().expand(shape)
+            else:
+                init = torch.zeros(shape)
             init = init.clone()
             # Subsampled plates keep one parameter row per element of the full plate.
             for frame in site["cond_indep_stack"]:
@@ -202,7 +207,8 @@ class AutoCategorical(AutoGuide):
             with ExitStack() as stack:
                 for frame in info["frames"]:
                     stack.enter_context(plates[frame.name])
-                result[name] = pyro.sample(name, self._site_dist(name, self._logits(name, network_logits)))
+                fn = self._site_dist(name, self._logits(name, network_logits))
+                result[name] = pyro.sample(name, fn)
         return result
 
     @torch.no_grad()

@@ -8,9 +8,8 @@ baselines (RLOO) at an equal number of function evaluations; which one wins depe
 import statistics
 import time
 
-import torch
-
 import pyro.poutine as poutine
+import torch
 from pyro.infer import TraceGraph_ELBO
 
 from pyro_arsm.elbo import ARSM_ELBO
@@ -41,7 +40,8 @@ def compare_estimators(model, guide, *args, estimators=DEFAULT_ESTIMATORS, num_d
     (unconstrained, as an optimizer sees them) are drawn after one untimed warm-up call.
 
     :param estimators: names among ``"arsm"``, ``"ars"``, ``"ar"``, ``"local"`` (the exact local
-        expectation, for element-separable sites), ``"rloo"`` (RLOO with the ARSM budget), ``"rloo:n"`` (RLOO with ``n`` samples per site) and ``"tracegraph"``
+        expectation, for element-separable sites), ``"rloo"`` (RLOO with the ARSM budget),
+        ``"rloo:n"`` (RLOO with ``n`` samples per site) and ``"tracegraph"``
         (:class:`~pyro.infer.TraceGraph_ELBO`).
     :param int num_draws: gradient estimates per estimator.
     :param max_plate_nesting: passed to every ELBO.
@@ -88,7 +88,7 @@ def compare_estimators(model, guide, *args, estimators=DEFAULT_ESTIMATORS, num_d
                 "evaluations": evaluations + 1,
             })
     finally:
-        for p, g in zip(params, saved):
+        for p, g in zip(params, saved, strict=True):
             p.grad = g
     if print_table:
         print(format_table(rows))

@@ -8,11 +8,9 @@ import contextlib
 import warnings
 from collections import namedtuple
 
-import torch
-from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
-
 import pyro
 import pyro.poutine as poutine
+import torch
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import scale_and_mask
@@ -24,6 +22,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
 
 from pyro_arsm import estimators as est
 
@@ -131,9 +130,12 @@ class _ARSMSampler(Messenger):
     numbers with the real pass.
     """
 
-    def __init__(self, reuse=None, record_rng=False, check_finite=True):
+    def __init__(self, reuse=None, record_rng=False, check_finite=True, defer_finite=False):
         super().__init__()
         self.check_finite = check_finite
+        # defer_finite (compiled path): keep a boolean tensor per site instead of branching on it
+        self.defer_finite = defer_finite
+        self.finite = []
         self.noise = {}
         self.enumerated = set()
         self.reuse = reuse or {}
@@ -156,7 +158,9 @@ class _ARSMSampler(Messenger):
             return
         element_shape = _element_shape(kind, msg["fn"])
         logits = _site_logits(kind, base, element_shape).detach()
-        if self.check_finite and not torch.isfinite(logits).all():
+        if self.check_finite and self.defer_finite:
+            self.finite.append((name, torch.isfinite(logits).all()))
+        elif self.check_finite and not torch.isfinite(logits).all():
             bad = "NaN" if torch.isnan(logits).any() else "infinite"
             raise ValueError(
                 f"ARSM_ELBO: guide site '{name}' has {bad} logits. ARSM needs finite logits: "
@@ -229,16 +233,16 @@ class ARSM_ELBO(ELBO):
       a step costs at most ``C(C-1)/2 + 1`` evaluations of model and guide per site, whatever the
       batch. Pseudo actions identical for the whole site are evaluated once.
     * ``Bernoulli``: **DisARM** [2] (``estimator="ar"``: the single-evaluation AR estimator).
+    * other non-reparameterizable sites (Poisson, Geometric, ...): the score-function estimator of
+      :class:`~pyro.infer.TraceGraph_ELBO` with its provenance-based Rao-Blackwellization and
+      ``infer={"baseline": ...}`` options. A warning names such sites once.
+    * reparameterizable sites: pathwise gradients.
 
     A site whose cost is **element-separable** (no ``.to_event`` dims, and every log-prob term
     that depends on it inside all of its plates: mixtures, token assignments) is evaluated at its
     ``C`` columns instead, the ``k``-th setting every element to category ``k``; each swap's cost
     is then read off this table (the same estimate at ``C`` instead of up to ``C(C-1)/2 + 1``
     evaluations), and ``estimator="local"`` uses it for the exact local expectation.
-    * other non-reparameterizable sites (Poisson, Geometric, ...): the score-function estimator of
-      :class:`~pyro.infer.TraceGraph_ELBO` with its provenance-based Rao-Blackwellization and
-      ``infer={"baseline": ...}`` options. A warning names such sites once.
-    * reparameterizable sites: pathwise gradients.
 
     The cost ``f`` of an ARSM site holds only the model and guide log-probabilities that depend on
     the site (provenance tracking, as in TraceGraph_ELBO), with their scale and mask, reduced to
@@ -317,7 +321,8 @@ class ARSM_ELBO(ELBO):
         ignore_jit_warnings=False,
     ):
         if estimator not in _ESTIMATORS:
-            raise ValueError(f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+            raise ValueError(
+                f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -331,7 +336,8 @@ class ARSM_ELBO(ELBO):
             raise ValueError("ARSM_ELBO: num_rloo_samples must be at least 2")
         if vectorize_pseudo not in ("auto", True, False):
             raise ValueError(
-                f"ARSM_ELBO: vectorize_pseudo must be 'auto', True or False, got {vectorize_pseudo!r}")
+                "ARSM_ELBO: vectorize_pseudo must be 'auto', True or False, got "
+                f"{vectorize_pseudo!r}")
         self.vectorize_pseudo = vectorize_pseudo
         if pseudo_batch_size is not None and pseudo_batch_size < 1:
             raise ValueError("ARSM_ELBO: pseudo_batch_size must be a positive integer or None")
@@ -345,6 +351,9 @@ class ARSM_ELBO(ELBO):
         self.cache_dependencies = cache_dependencies
         self._dep_cache = {}
         self._model_key = None
+        # static (JitARSM_ELBO): every step runs the same tensor ops, with no branch on values
+        self._static = False
+        self._finite_flags = []
         #: model evaluations in pseudo passes during the last call (for benchmarks and tests)
         self.last_num_pseudo_evaluations = 0
 
@@ -361,8 +370,8 @@ class ARSM_ELBO(ELBO):
         # structure, on a replay of the sampled values, and is cached.
         entry = self._dep_cache.setdefault(
             self._model_key, {"provenance": not self.cache_dependencies, "deps": {}})
-        sampler = _ARSMSampler(record_rng=self.vectorize_pseudo is not True,
-                               check_finite=self.check_finite)
+        sampler = _ARSMSampler(record_rng=self.vectorize_pseudo is not True and not self._static,
+                               check_finite=self.check_finite, defer_finite=self._static)
         with TrackNonReparam() if entry["provenance"] else contextlib.nullcontext():
             with sampler:
                 raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -386,6 +395,13 @@ class ARSM_ELBO(ELBO):
                 else:
                     deps = _dependencies(raw_model_trace, raw_guide_trace, sampler.noise)
                     entry["deps"][signature] = deps
+        if self._static and entry["provenance"]:
+            raise NotImplementedError(
+                f"{type(self).__name__} needs the dependencies of every ARSM site cached once per "
+                "model structure: it does not support guides with score-function sites (neither "
+                "categorical, Bernoulli nor reparameterizable) or cache_dependencies=False. Use "
+                "ARSM_ELBO for this model.")
+        self._finite_flags.extend(sampler.finite)
 
         guide_trace = prune_subsample_sites(raw_guide_trace)
         model_trace = prune_subsample_sites(raw_model_trace)
@@ -504,6 +520,7 @@ class ARSM_ELBO(ELBO):
         loss = 0.0
         surrogate_loss = 0.0
         self.last_num_pseudo_evaluations = 0
+        self._finite_flags = []
         for particle in self._get_traces(model, guide, args, kwargs):
             elbo, surrogate_elbo = self._particle_elbo(particle, args, kwargs)
             loss = loss - elbo / self.num_particles
@@ -581,7 +598,8 @@ class ARSM_ELBO(ELBO):
                 return est.bernoulli_ar_grad(real_cost, noise.noise), logits
             return est.ar_grad(real_cost, noise.noise), logits
 
-        pseudo = _PseudoPass(particle, spec, kind, cost_shape, downstream, args, kwargs)
+        pseudo = _PseudoPass(particle, spec, kind, cost_shape, downstream, args, kwargs,
+                             check_finite=self.check_finite and not self._static)
         if separable and (estimator == "local" or (estimator == "arsm" and kind != "bernoulli")):
             # C evaluations give every element's cost at every category
             column_costs = self._column_costs(pseudo, noise, real_cost)
@@ -628,6 +646,14 @@ class ARSM_ELBO(ELBO):
         separable site's costs are read off its per-element table where that takes fewer
         evaluations."""
         name = pseudo.spec.name
+        if self._static:  # static shapes: every action but the true one, no deduplication
+            if separable and pseudo.num_categories <= actions.shape[0] - 1:
+                column_costs = self._column_costs(pseudo, pseudo.particle.noise[name], real_cost)
+                return est.costs_from_columns(column_costs, actions)
+            others = [r for r in range(actions.shape[0]) if r != true_row]
+            self.last_num_pseudo_evaluations += len(others)
+            costs = self._pseudo_costs(pseudo, actions[true_row], actions[others], real_cost)
+            return torch.cat([costs[:true_row], real_cost.unsqueeze(0), costs[true_row:]])
         flat = actions.reshape(actions.shape[0], -1)
         unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
         unique = unique.reshape((unique.shape[0],) + tuple(actions.shape[1:]))
@@ -669,17 +695,27 @@ class ARSM_ELBO(ELBO):
             mode = self._pseudo_mode[key] = "batched" if problem is None else "sequential"
             if problem is not None:
                 self._batched_failed(name, problem, actions.shape[0], pseudo.dim)
+        if self._static:
+            if mode != "batched":
+                raise NotImplementedError(
+                    f"{type(self).__name__}: guide site '{name}' needs its pseudo actions "
+                    "evaluated one at a time (see the warning above), which cannot be compiled. "
+                    "Make model and guide broadcast on the left, or use ARSM_ELBO.")
+            return self._batched_costs(pseudo, actions)
         if mode == "batched":
             try:
-                if self.pseudo_batch_size and actions.shape[0] > self.pseudo_batch_size:
-                    return torch.cat([pseudo.batched(chunk)
-                                      for chunk in actions.split(self.pseudo_batch_size)])
-                return pseudo.batched(actions)
+                return self._batched_costs(pseudo, actions)
             except Exception as e:  # the check passed on fewer rows or another step's data
                 self._pseudo_mode[key] = "sequential"
                 self._batched_failed(name, _failure(e),
                                      actions.shape[0], pseudo.dim, e)
         return pseudo.sequential(actions)
+
+    def _batched_costs(self, pseudo, actions):
+        if self.pseudo_batch_size and actions.shape[0] > self.pseudo_batch_size:
+            return torch.cat([pseudo.batched(chunk)
+                              for chunk in actions.split(self.pseudo_batch_size)])
+        return pseudo.batched(actions)
 
     def _check_batched(self, pseudo, rows, real_cost):
         """Evaluates a few pseudo actions (the true one first) both in one batched pass and one
@@ -712,7 +748,8 @@ class ARSM_ELBO(ELBO):
         message = (
             f"ARSM_ELBO: the batched pseudo-action pass for guide site '{name}' {problem}. "
             f"ARSM_ELBO evaluates the pseudo actions of a site ({num_actions} this step) in one "
-            f"pass under a plate at dim {dim}, which needs model and guide to broadcast on the left: no "
+            f"pass under a plate at dim {dim}, which needs model and guide to broadcast on the "
+            "left: no "
             "x.view(batch, -1), len(z), .item(), z[0] or torch.cat along a fixed dim on values "
             "that depend on a sample (use dim=-1, Vindex, and declare batch dims with "
             "pyro.plate); set max_plate_nesting if the guess was wrong."
@@ -817,8 +854,10 @@ class _PseudoPass:
     With ``replay_all``, downstream sites are replayed too (for the batched-pass check).
     """
 
-    def __init__(self, particle, spec, kind, cost_shape, downstream, args, kwargs):
+    def __init__(self, particle, spec, kind, cost_shape, downstream, args, kwargs,
+                 check_finite=True):
         self.particle, self.spec, self.kind = particle, spec, kind
+        self.check_finite = check_finite
         self.cost_shape, self.downstream = cost_shape, downstream
         self.args, self.kwargs = args, kwargs
         self.site = particle.guide_trace.nodes[spec.name]
@@ -864,7 +903,7 @@ class _PseudoPass:
         with torch.no_grad(), pyro.validation_enabled(False):
             shared, own = _pass_cost(guide, model, part, self.model_subsample, self.reuse,
                                      self.spec, self.args, self.kwargs, None,
-                                     pseudo=(U, self.dim))
+                                     pseudo=(U, self.dim), check_finite=self.check_finite)
         if not isinstance(own, float):
             own = own.reshape((U,) + self.cost_shape)
         return _combine_costs(shared, own, (U,) + pad + self.batch_shape,
@@ -885,7 +924,8 @@ class _PseudoPass:
                 with torch.random.fork_rng(devices=[]):
                     shared, own = _pass_cost(self.particle.guide, self.particle.model, trace,
                                              self.model_subsample, self.reuse, self.spec,
-                                             self.args, self.kwargs, rng_state)
+                                             self.args, self.kwargs, rng_state,
+                                             check_finite=self.check_finite)
                 costs.append(_combine_costs(shared, own, self.batch_shape, self.cost_shape,
                                             self.n_event, self.spec.name))
         return torch.stack(costs)
@@ -1071,13 +1111,13 @@ def _combine_costs(shared, own, expand_shape, cost_shape, n_event, name):
 
 
 def _pass_cost(guide, model, part, model_subsample, reuse, spec, args, kwargs, rng_state,
-               pseudo=None):
+               pseudo=None, check_finite=True):
     """One pass of guide and model with ``part`` replayed; the site's ``(shared, own)`` cost.
 
     ``pseudo = (U, dim)`` on the batched path, to check that every term of the cost carries the
     pseudo-action dim."""
     name = spec.name
-    with _ARSMSampler(reuse=reuse), _RestoreRNGAfter(name, rng_state):
+    with _ARSMSampler(reuse=reuse, check_finite=check_finite), _RestoreRNGAfter(name, rng_state):
         guide_trace = poutine.trace(poutine.replay(guide, trace=part)).get_trace(*args, **kwargs)
     replay_trace = guide_trace.copy()
     for n, s in model_subsample.items():

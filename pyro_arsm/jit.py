@@ -1,0 +1,105 @@
+"""``JitARSM_ELBO``: :class:`~pyro_arsm.ARSM_ELBO` compiled with :func:`pyro.ops.jit.trace`, in
+the pattern of Pyro's :class:`~pyro.infer.JitTrace_ELBO` and
+:class:`~pyro.infer.JitTraceGraph_ELBO`.
+"""
+
+import weakref
+
+import pyro.ops.jit
+import torch
+from pyro.util import warn_if_nan
+
+from pyro_arsm.elbo import ARSM_ELBO
+
+__all__ = ["JitARSM_ELBO"]
+
+
+class JitARSM_ELBO(ARSM_ELBO):
+    """Like :class:`~pyro_arsm.ARSM_ELBO`, but compiles the loss and surrogate loss with
+    :func:`pyro.ops.jit.trace` (``torch.jit.trace`` plus Pyro's parameter plumbing), once per
+    model, guide and set of ``**kwargs``. Every later step replays the recorded tensor program, so
+    Python's per-step work (tracing, replay, handlers) is paid only on the first step.
+
+    The restrictions are those of Pyro's ``JitTrace_ELBO``:
+
+    - model and guide have a **static structure**: the same sites, shapes and control flow on
+      every step (no Python branch on sampled values or on data);
+    - they depend on no global data except the param store; all **tensor inputs come through
+      ``*args``**, non-tensor inputs through ``**kwargs`` (a new value of a kwarg compiles again).
+
+    What cannot be traced happens on the first call, before compilation, and is then fixed:
+    the dependency discovery (which costs depend on which site) and the check of the batched
+    pseudo pass (see ``ARSM_ELBO``). The per-step work is static: every pseudo action of a site is
+    evaluated (no deduplication of identical actions, whose number depends on the sample), as the
+    NumPyro package does. Finite logits are checked in the compiled program and reported after
+    the step.
+
+    Not supported (an error says so): ``estimator="ars"`` (its random reference category picks
+    which actions to evaluate), ``vectorize_pseudo=False``, sites whose batched pseudo pass fails
+    the check (they need one pass per action), guides with score-function sites and
+    ``cache_dependencies=False`` (they need provenance tracking on every step). Use
+    :class:`~pyro_arsm.ARSM_ELBO` for those.
+
+    ``loss`` (no gradient) is not compiled. Takes the arguments of ``ARSM_ELBO`` and
+    ``jit_options`` (passed to :func:`torch.jit.trace`, as in Pyro's ``Jit*_ELBO``).
+    """
+
+    def __init__(self, *args, jit_options=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.estimator == "ars":
+            raise NotImplementedError(
+                "JitARSM_ELBO does not support estimator='ars': its random reference category "
+                "decides which actions are evaluated. Use 'arsm', 'rloo', 'local' or 'ar', or "
+                "ARSM_ELBO.")
+        if self.vectorize_pseudo is False:
+            raise ValueError("JitARSM_ELBO needs the batched pseudo pass: vectorize_pseudo must "
+                             "be 'auto' or True (use ARSM_ELBO for vectorize_pseudo=False)")
+        self._static = True
+        self.jit_options = jit_options
+        self._compiled = {}  # (id(model), id(guide)) -> the compiled loss-and-surrogate function
+        self._finite_names = {}
+
+    def _jit_loss_and_surrogate_loss(self, model, guide, args, kwargs):
+        key = (id(model), id(guide))
+        if key not in self._compiled:
+            weakself = weakref.ref(self)
+
+            def loss_and_surrogate_loss(*args, **kwargs):
+                self = weakself()
+                loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+                flags = self._finite_flags
+                self._finite_names[key] = [name for name, _ in flags]
+                finite = (torch.stack([flag for _, flag in flags]) if flags
+                          else torch.ones(0, dtype=torch.bool))
+                return torch.as_tensor(loss), torch.as_tensor(surrogate), finite
+
+            jit_options = dict(self.jit_options or {})
+            self._compiled[key] = pyro.ops.jit.trace(
+                loss_and_surrogate_loss, ignore_warnings=self.ignore_jit_warnings,
+                jit_options=jit_options)
+        loss, surrogate, finite = self._compiled[key](*args, **kwargs)
+        if finite.numel() and not bool(finite.all()):
+            name = self._finite_names[key][int((~finite).nonzero()[0, 0])]
+            raise ValueError(
+                f"JitARSM_ELBO: guide site '{name}' has NaN or infinite logits. ARSM needs finite "
+                "logits: check the network or parameters producing them (NaN usually means a "
+                "diverged optimizer), and use a large negative finite logit rather than -inf.")
+        return loss, surrogate
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """Computes the ``-ELBO`` and back-propagates the ARSM surrogate loss, compiled.
+
+        :returns: an estimate of ``-ELBO``.
+        :rtype: float
+        """
+        loss, surrogate_loss = self._jit_loss_and_surrogate_loss(model, guide, args, kwargs)
+        surrogate_loss.backward(retain_graph=self.retain_graph)
+        loss = loss.item()
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """A tensor whose value is ``-ELBO`` and whose gradient is the ARSM estimate, compiled."""
+        loss, surrogate_loss = self._jit_loss_and_surrogate_loss(model, guide, args, kwargs)
+        warn_if_nan(loss, "loss")
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
