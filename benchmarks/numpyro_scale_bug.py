@@ -8,7 +8,6 @@ means of TraceGraph_ELBO and ARSM_ELBO (4000 particles x 20 draws).
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers

@@ -19,16 +19,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import torch
-
 import numpyro
 import numpyro.distributions as npdist
+import optax
 import pyro
+import torch
 from numpyro.infer import SVI as NumPyroSVI
+from vae_bench import VAE, C, K, load_digits_binarized, make_step
 
 from numpyro_arsm import ARSM_ELBO as NumPyroARSM
-from vae_bench import C, K, VAE, load_digits_binarized, make_step
 
 
 def numpyro_vae(torch_vae):

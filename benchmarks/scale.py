@@ -187,10 +187,9 @@ def _cell_pyro(estimator, c, n, rloo_samples, max_step_s, budget_s, start):
 def _cell_numpyro(estimator, c, n, rloo_samples, max_step_s, budget_s, start):
     import jax
     import jax.numpy as jnp
-    import optax
-
     import numpyro
     import numpyro.distributions as dist
+    import optax
     from numpyro.infer import SVI, TraceGraph_ELBO
 
     from numpyro_arsm import ARSM_ELBO
@@ -431,8 +430,8 @@ def _header(args):
         f"or {args.max_mb:g} MB",
         "- Pyro: ms per `elbo.loss_and_grads(model, guide, data)` (`max_plate_nesting=1`); "
         "NumPyro: ms per `jax.jit(svi.update)` call (`optax.adam`); "
-        "MB: peak RSS (`VmHWM`, as `ru_maxrss` but without the parent's RSS that Linux carries over "
-        "`exec`) of a fresh process running one cell, imports and setup included",
+        "MB: peak RSS (`VmHWM`, as `ru_maxrss` but without the parent's RSS that Linux carries "
+        "over `exec`) of a fresh process running one cell, imports and setup included",
     ]
 
 
@@ -453,7 +452,7 @@ def _plot(path, rows_c, rows_n, args):
             if not pts:
                 continue
             ls, marker = styles[backend]
-            ax.plot(*zip(*pts), ls=ls, marker=marker, color=colors[estimator], ms=4,
+            ax.plot(*zip(*pts, strict=True), ls=ls, marker=marker, color=colors[estimator], ms=4,
                     label=f"{backend} {_label(estimator, args.rloo_samples)}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

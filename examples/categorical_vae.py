@@ -113,7 +113,7 @@ def initial_weights(num_pixels, layers, seed):
     rng = np.random.RandomState(seed)
 
     def mlp(sizes):
-        return [linear_init(rng, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        return [linear_init(rng, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
 
     weights = {
         "encoder": mlp((num_pixels,) + ENCODER_HIDDEN + (LATENT_DIM,)),

@@ -226,7 +226,7 @@ def rollout_returns(pool, policy, starts, horizon, gamma, generator):
         log_pi = sample_log_pi((len(active),), num_actions, generator=generator)
         chosen = categorical_from_log_pi(log_pi, logits).tolist()
         still = []
-        for i, action in zip(active, chosen):
+        for i, action in zip(active, chosen, strict=True):
             o, reward, terminated, _, _ = envs[i].step(action)
             returns[i] += discount[i] * reward
             discount[i] *= gamma
@@ -375,7 +375,8 @@ def run(env_name, method, episodes, seed, *, gamma=0.99, lr=0.03, hidden=10, max
             if len(batch) == rloo_k:
                 advantages = rloo_advantages(
                     [discounted_returns_to_go(b["rewards"], gamma) for b in batch])
-                loss = sum(reinforce_loss(policy, b, adv) for b, adv in zip(batch, advantages))
+                loss = sum(reinforce_loss(policy, b, adv)
+                           for b, adv in zip(batch, advantages, strict=True))
                 grad_norm = _apply(policy, optimizer, loss / rloo_k)
                 batch = []
         cumulative += T + rollout_steps
@@ -468,7 +469,7 @@ def plot(runs, target, window, title, path):
         begin = max(r["episodes"][0]["env_steps_cumulative"] for r in mine)
         grid = np.geomspace(begin, min(ends), 200)
         on_grid = np.array([np.interp(grid, [x["env_steps_cumulative"] for x in r["episodes"]], c)
-                            for r, c in zip(mine, curves)])
+                            for r, c in zip(mine, curves, strict=True)])
         mean = on_grid.mean(0)
         se = on_grid.std(0, ddof=1) / math.sqrt(len(mine)) if len(mine) > 1 else 0 * mean
         axes[1].plot(grid, mean, color=color)

@@ -9,8 +9,8 @@ documents, for training; ``lee.cor``, 50 documents from the same source, held ou
 Welsh 2005). Without gensim, a small synthetic corpus drawn from an LDA model with four hand-written
 themes stands in, so the notebooks still run (coherence is then computed by the NPMI fallback here).
 
-Smoke mode (``ARSM_NOTEBOOK_SMOKE=1``, used by the test suite) shrinks the corpus; the notebooks also
-shrink their step counts.
+Smoke mode (``ARSM_NOTEBOOK_SMOKE=1``, used by the test suite) shrinks the corpus; the notebooks
+also shrink their step counts.
 """
 
 import math
@@ -54,16 +54,17 @@ def smoke_mode():
 
 def tokenize(text, stopwords=STOPWORDS, min_len=3):
     """Lower-case alphabetic tokens of at least ``min_len`` letters, stop words removed."""
-    return [w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= min_len and w not in stopwords]
+    return [w for w in re.findall(r"[a-z]+", text.lower())
+            if len(w) >= min_len and w not in stopwords]
 
 
 @dataclass
 class Corpus:
     """A tokenized corpus split into training and held-out documents over one vocabulary.
 
-    ``train_ids`` / ``test_ids`` hold one int array of vocabulary ids per document (out-of-vocabulary
-    words dropped); ``train_texts`` / ``test_texts`` the same documents as word lists (what gensim's
-    coherence needs).
+    ``train_ids`` / ``test_ids`` hold one int array of vocabulary ids per document
+    (out-of-vocabulary words dropped); ``train_texts`` / ``test_texts`` the same documents as word
+    lists (what gensim's coherence needs).
     """
 
     name: str
@@ -117,8 +118,10 @@ class Corpus:
 
     def summary(self):
         return (
-            f"{self.name}: {len(self.train_ids)} training documents ({self.num_tokens('train')} tokens), "
-            f"{len(self.test_ids)} held-out ({self.num_tokens('test')} tokens), vocabulary {self.num_words}"
+            f"{self.name}: {len(self.train_ids)} training documents "
+            f"({self.num_tokens('train')} tokens), "
+            f"{len(self.test_ids)} held-out ({self.num_tokens('test')} tokens), "
+            f"vocabulary {self.num_words}"
         )
 
 
@@ -135,7 +138,8 @@ def _build(name, train_tokens, test_tokens, min_df, max_df, max_vocab):
     word_to_id = {w: i for i, w in enumerate(words)}
 
     def ids(docs):
-        out = [np.array([word_to_id[w] for w in doc if w in word_to_id], dtype=np.int64) for doc in docs]
+        out = [np.array([word_to_id[w] for w in doc if w in word_to_id], dtype=np.int64)
+               for doc in docs]
         return [d for d in out if len(d) > 0]
 
     return Corpus(name, words, ids(train_tokens), ids(test_tokens), word_to_id)
@@ -157,9 +161,12 @@ def _read_lines(path):
 
 _THEMES = {
     "sport": "match team cricket goal coach season player final league score win test wicket runs",
-    "finance": "market shares bank dollar interest rates profit investors economy trade price growth stocks",
-    "weather": "fire rain storm bushfire winds firefighters heat flood temperatures coast blaze smoke crews",
-    "politics": "government minister election party parliament labor vote policy leader senate campaign prime",
+    "finance": "market shares bank dollar interest rates profit investors economy trade price "
+               "growth stocks",
+    "weather": "fire rain storm bushfire winds firefighters heat flood temperatures coast blaze "
+               "smoke crews",
+    "politics": "government minister election party parliament labor vote policy leader senate "
+                "campaign prime",
 }
 
 
@@ -204,7 +211,8 @@ def load_corpus(source="auto", smoke=None, min_df=3, max_df=0.5, max_vocab=None)
         raise ValueError(f"source must be 'auto', 'lee' or 'synthetic', got {source!r}")
     paths = _lee_paths() if source in ("auto", "lee") else None
     if source == "lee" and paths is None:
-        raise ImportError("the Lee corpus ships with gensim: pip install gensim (or the 'examples' extra)")
+        raise ImportError(
+            "the Lee corpus ships with gensim: pip install gensim (or the 'examples' extra)")
     if paths is not None:
         train = [tokenize(t) for t in _read_lines(paths[0])]
         test = [tokenize(t) for t in _read_lines(paths[1])]
@@ -222,7 +230,8 @@ def load_corpus(source="auto", smoke=None, min_df=3, max_df=0.5, max_vocab=None)
 
 
 def top_words(topic_word, vocab, n=10):
-    """The ``n`` highest-weight words of each row of ``topic_word`` (``[K, V]``, any monotone scale)."""
+    """The ``n`` highest-weight words of each row of ``topic_word`` (``[K, V]``, any monotone
+    scale)."""
     topic_word = np.asarray(topic_word)
     order = np.argsort(-topic_word, axis=-1)[:, :n]
     return [[vocab[i] for i in row] for row in order]
@@ -231,8 +240,8 @@ def top_words(topic_word, vocab, n=10):
 def npmi_coherence(topics, texts, eps=1e-12):
     """Mean normalized PMI of word pairs in each topic, from document co-occurrence in ``texts``.
 
-    The fallback when gensim is absent (gensim's ``c_npmi`` uses a sliding window of 10 words instead
-    of whole documents, so the two numbers are not interchangeable).
+    The fallback when gensim is absent (gensim's ``c_npmi`` uses a sliding window of 10 words
+    instead of whole documents, so the two numbers are not interchangeable).
     """
     docs = [set(t) for t in texts]
     n = len(docs)
@@ -258,8 +267,8 @@ def npmi_coherence(topics, texts, eps=1e-12):
 def coherence(topics, texts, measures=("c_npmi", "c_v"), processes=1):
     """Topic coherence of ``topics`` (lists of words) against the reference ``texts``.
 
-    Uses gensim's ``CoherenceModel`` (``processes=1``) when installed; otherwise ``c_npmi`` comes from
-    :func:`npmi_coherence` and the other measures are NaN. Returns ``{measure: mean}`` plus
+    Uses gensim's ``CoherenceModel`` (``processes=1``) when installed; otherwise ``c_npmi`` comes
+    from :func:`npmi_coherence` and the other measures are NaN. Returns ``{measure: mean}`` plus
     ``{measure + "_per_topic": [...]}``.
     """
     try:
@@ -275,7 +284,8 @@ def coherence(topics, texts, measures=("c_npmi", "c_v"), processes=1):
     out = {}
     for measure in measures:
         cm = CoherenceModel(
-            topics=topics, texts=texts, dictionary=dictionary, coherence=measure, processes=processes
+            topics=topics, texts=texts, dictionary=dictionary, coherence=measure,
+            processes=processes,
         )
         per_topic = [float(x) for x in cm.get_coherence_per_topic()]
         out[measure] = float(np.nanmean(per_topic))
@@ -290,5 +300,6 @@ def topic_diversity(topics, n=25):
 
 
 def perplexity(neg_elbo, num_tokens):
-    """``exp(-ELBO / #tokens)``: an upper bound on the held-out perplexity, since -ELBO >= -log p."""
+    """``exp(-ELBO / #tokens)``: an upper bound on the held-out perplexity, since
+    -ELBO >= -log p."""
     return float(math.exp(neg_elbo / num_tokens))
