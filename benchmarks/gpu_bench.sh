@@ -11,8 +11,11 @@ python3 -m pip install --quiet --no-deps --target .gpuwheels/site .gpuwheels/*.w
 export PYTHONPATH="$PWD/.gpuwheels/site:$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, jax, numpyro, pyro; print('torch', torch.__version__, 'jax', jax.__version__, jax.devices(), 'numpyro', numpyro.__version__, 'pyro', pyro.__version__)" | tee -a "$OUT/gpu.txt"
-# 1. Per-step time on the GPU: hand-written ARSM vs ARSM_ELBO vs RLOO vs TraceGraph (Pyro)
+# 1. Per-step time on the GPU: hand-written ARSM vs ARSM_ELBO vs JitARSM_ELBO vs RLOO vs
+#    TraceGraph (Pyro), at batch 200 and 100
 timeout 200 python3 benchmarks/vae_bench.py --device cuda --steps 30 --out "$OUT" 2>&1 | tail -25 | tee "$OUT/vae_bench_cuda.txt"
+timeout 120 python3 benchmarks/vae_bench.py --device cuda --steps 30 --batch 100 \
+  --methods hand-arsm,arsm,jit-arsm,tracegraph --out "$OUT/b100" 2>&1 | tail -12 | tee "$OUT/vae_bench_cuda_b100.txt"
 # 2. The README main job on the GPU, both backends, equal wall-clock (40 s each), digits
 for est in arsm rloo; do
   timeout 150 python3 examples/categorical_vae.py --device cuda --estimator $est --dataset digits --time-budget 40 --out "$OUT" 2>&1 | tail -6 | tee -a "$OUT/vae_cuda_pyro.txt"

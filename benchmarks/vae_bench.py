@@ -8,6 +8,7 @@ Adam(lr 1e-3).
 Methods, all on the same network and minibatches:
 
 * ``arsm``            ARSM_ELBO, all pseudo actions in one batched pass (default)
+* ``jit-arsm``        JitARSM_ELBO: ARSM_ELBO compiled with pyro.ops.jit.trace
 * ``arsm-sequential`` ARSM_ELBO(vectorize_pseudo=False)
 * ``rloo``            ARSM_ELBO(estimator="rloo"): REINFORCE with leave-one-out baselines over
                       46 samples (ARSM's worst-case budget), in the same batched pass
@@ -30,14 +31,13 @@ import statistics
 import time
 
 import numpy as np
-import torch
-import torch.nn as nn
-
 import pyro
 import pyro.distributions as dist
+import torch
+import torch.nn as nn
 from pyro.infer import SVI, TraceGraph_ELBO
 
-from pyro_arsm import ARSM_ELBO
+from pyro_arsm import ARSM_ELBO, JitARSM_ELBO
 
 K, C, H1, H2 = 20, 10, 512, 256
 
@@ -51,7 +51,7 @@ def load_digits_binarized(device):
 
 def mlp(sizes):
     layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.LeakyReLU(0.2))
@@ -136,6 +136,10 @@ def make_step(method, vae, lr):
     baseline = method == "tracegraph-avg"
     if method == "arsm":
         loss = ARSM_ELBO(max_plate_nesting=1)
+    elif method == "jit-arsm":
+        loss = JitARSM_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), loss=loss)
+        return (lambda x: svi.step(x)), loss  # compiled: tensors only through *args
     elif method == "arsm-sequential":
         loss = ARSM_ELBO(max_plate_nesting=1, vectorize_pseudo=False)
     elif method == "rloo":
@@ -155,7 +159,10 @@ def encoder_grad(method, vae, x, loss):
         HandARSM(vae, 0.0).surrogate(x).backward()
     else:
         baseline = method == "tracegraph-avg"
-        loss.loss_and_grads(vae.model, vae.guide, x, baseline)
+        if method == "jit-arsm":
+            loss.loss_and_grads(vae.model, vae.guide, x)
+        else:
+            loss.loss_and_grads(vae.model, vae.guide, x, baseline)
         # pyro.module registered the encoder's params in the store: same tensors
     return torch.cat([p.grad.reshape(-1) for p in params]).clone()
 
@@ -168,8 +175,8 @@ def main():
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--methods", default="hand-arsm,arsm,arsm-sequential,rloo,tracegraph,"
-                                             "tracegraph-avg")
+    parser.add_argument("--methods", default="hand-arsm,arsm,jit-arsm,arsm-sequential,rloo,"
+                                             "tracegraph,tracegraph-avg")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
