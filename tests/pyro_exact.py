@@ -8,10 +8,9 @@ force sum over every joint value of the guide's discrete sites.
 
 import itertools
 
-import torch
-
 import pyro
 import pyro.poutine as poutine
+import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyro.poutine.subsample_messenger import _Subsample
 
@@ -24,9 +23,8 @@ def param_tensors(names):
 
 def flat_grad(loss, params):
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([
-        (torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)
-    ])
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                      for g, p in zip(grads, params, strict=True)])
 
 
 def gradient_draws(elbo, model, guide, names, num_draws, *args, **kwargs):
@@ -70,7 +68,7 @@ def brute_force_gradient(model, guide, names, *args, **kwargs):
              if s["type"] == "sample" and not s["is_observed"]
              and not isinstance(s["fn"], _Subsample)]
     supports = []
-    for name, site in sites:
+    for _, site in sites:
         fn = site["fn"]
         support = fn.enumerate_support(expand=False) if fn.event_shape == () else None
         value_shape = site["value"].shape
@@ -97,7 +95,7 @@ def brute_force_gradient(model, guide, names, *args, **kwargs):
     total = 0.0
     for values in itertools.product(*supports):
         part = poutine.Trace()
-        for (name, site), v in zip(sites, values):
+        for (name, site), v in zip(sites, values, strict=True):
             part.add_node(name, **{**site, "value": v})
         guide_trace = poutine.trace(poutine.replay(guide, trace=part)).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(

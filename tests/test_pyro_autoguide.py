@@ -1,18 +1,19 @@
 """pyro_arsm.AutoCategorical: unbiased ARSM gradients through it, composition, errors."""
 
-import pytest
-import torch
-
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
+import pytest
+import torch
 from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoGuideList
 from pyro.ops.indexing import Vindex
 from pyro.optim import Adam
-from pyro_arsm import ARSM_ELBO, AutoCategorical, discrete_latent_sites
 from pyro_exact import assert_unbiased, brute_force_gradient, enum_gradient, gradient_draws
-from test_pyro_unbiased import _fresh  # noqa: F401  (autouse: fresh param store and seed)
+
+from pyro_arsm import ARSM_ELBO, AutoCategorical, discrete_latent_sites
+
+pytestmark = pytest.mark.usefixtures("fresh_param_store")
 
 DATA = torch.tensor([-1.3, 0.2, 2.1, 0.8])
 
@@ -38,7 +39,7 @@ def init_params(model, guide, *args):
     poutine.replay(model, trace=guide_trace)(*args)
     # move the logits away from their initial values so the gradient has structure
     with torch.no_grad():
-        for name, value in pyro.get_param_store().named_parameters():
+        for _, value in pyro.get_param_store().named_parameters():
             value.add_(0.5 * torch.randn_like(value))
     return list(pyro.get_param_store().keys())
 
@@ -80,7 +81,8 @@ def amortized_model(data):
         pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
     # a non-separable pair of one-hot codes (.to_event): the cost depends on both jointly
     w = pyro.sample("w", dist.OneHotCategorical(logits=torch.zeros(2, 3)).to_event(1))
-    pyro.sample("y", dist.Normal((w[..., 0, :] * w[..., 1, :]).sum(-1) * 2.0, 0.5), obs=torch.tensor(1.0))
+    pyro.sample("y", dist.Normal((w[..., 0, :] * w[..., 1, :]).sum(-1) * 2.0, 0.5),
+                obs=torch.tensor(1.0))
 
 
 def test_unbiased_amortized_logits_and_one_hot_to_event():

@@ -11,19 +11,22 @@ import itertools
 import math
 import warnings
 
-import pytest
-import torch
-
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro.infer import SVI, Trace_ELBO, config_enumerate
+
 from pyro_arsm import ARSM_ELBO
+
 try:
     from pyro_arsm.elbo import _PseudoPass
 except ImportError:
     _PseudoPass = None
 from pyro_exact import assert_unbiased, brute_force_gradient, enum_gradient, gradient_draws
-from test_pyro_unbiased import _fresh, init  # noqa: F401  (_fresh: autouse param-store fixture)
+from pyro_models import init
+
+pytestmark = pytest.mark.usefixtures("fresh_param_store")
 
 
 def draws_and_warnings(elbo, model, guide, names, num_draws, *args):
@@ -79,8 +82,8 @@ def mixing_exact_gradient():
 def test_mixing_model_with_downstream_site_is_unbiased(vectorize_pseudo):
     init(mixing_model, mixing_guide)
     exact = mixing_exact_gradient()
-    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4, vectorize_pseudo=vectorize_pseudo),
-                                       mixing_model, mixing_guide, ["e"], 600)
+    elbo = ARSM_ELBO(num_particles=4, vectorize_pseudo=vectorize_pseudo)
+    draws, caught = draws_and_warnings(elbo, mixing_model, mixing_guide, ["e"], 600)
     assert_unbiased(draws, exact, power=0.1, label=f"mixing model, {vectorize_pseudo}")
     if vectorize_pseudo == "auto":
         assert len(caught) == 1 and "site 'z'" in caught[0] and "one at a time" in caught[0]

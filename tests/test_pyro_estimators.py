@@ -4,13 +4,11 @@ import itertools
 
 import pytest
 import torch
+from pyro_exact import Z_MAX, assert_unbiased, z_scores
 
 from pyro_arsm import estimators as est
 
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("torch_seed")
 
 
 @pytest.mark.parametrize("C", [2, 3, 5, 10])
@@ -111,11 +109,6 @@ def _exact_categorical_grad(logits, f):
     return p * (f - (p * f).sum())
 
 
-def _z(draws, exact):
-    se = draws.std(0) / draws.shape[0] ** 0.5
-    return ((draws.mean(0) - exact).abs() / se).max().item()
-
-
 @pytest.mark.parametrize("estimator", ["arsm", "ars", "ar"])
 def test_univariate_estimators_unbiased(estimator):
     C, n = 5, 100_000
@@ -125,7 +118,7 @@ def test_univariate_estimators_unbiased(estimator):
         est.arsm_gradient(logits.expand(1000, C), lambda z: f[z], estimator=estimator)
         for _ in range(n // 1000)
     ]).reshape(-1, C)
-    assert _z(draws, _exact_categorical_grad(logits, f)) < 5
+    assert_unbiased(draws, _exact_categorical_grad(logits, f), label=f"univariate {estimator}")
 
 
 def test_biased_ar_weight_is_detected():
@@ -136,8 +129,9 @@ def test_biased_ar_weight_is_detected():
     log_pi = est.sample_log_pi((n,), C)
     z = est.categorical_from_log_pi(log_pi, logits)
     biased = f[z].unsqueeze(-1) * (1 - log_pi.exp())
-    assert _z(biased, _exact_categorical_grad(logits, f)) > 5
-    assert _z(est.ar_grad(f[z], log_pi), _exact_categorical_grad(logits, f)) < 5
+    exact = _exact_categorical_grad(logits, f)
+    assert z_scores(biased, exact)[0].max() > Z_MAX
+    assert_unbiased(est.ar_grad(f[z], log_pi), exact, label="AR weight")
 
 
 def test_multivariate_shared_swap_unbiased_for_joint_f():
@@ -157,7 +151,7 @@ def test_multivariate_shared_swap_unbiased_for_joint_f():
     logq = phi.log_softmax(-1)
     joint = logq[0][:, None, None] + logq[1][None, :, None] + logq[2][None, None, :]
     (exact,) = torch.autograd.grad((joint.exp() * table).sum(), phi)
-    assert _z(g.reshape(n, -1), exact.reshape(-1)) < 5
+    assert_unbiased(g.reshape(n, -1), exact.reshape(-1), label="shared swap, joint f")
 
 
 @pytest.mark.parametrize("multivariate", [False, True])
@@ -179,6 +173,6 @@ def test_disarm_unbiased_and_lower_variance_than_arm(multivariate):
     configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=a.shape[0])))
     probs = (configs * p + (1 - configs) * (1 - p)).prod(-1)
     (exact,) = torch.autograd.grad((probs * f(configs)).sum(), phi)
-    for draws in (disarm, arm, ar):
-        assert _z(draws, exact) < 5
+    for name, draws in (("DisARM", disarm), ("ARM", arm), ("AR", ar)):
+        assert_unbiased(draws, exact, label=f"{name}, multivariate={multivariate}")
     assert (disarm.var(0) <= arm.var(0) * 1.02).all()

@@ -5,12 +5,12 @@ import warnings
 
 import pyro
 import pyro.distributions as dist
+import pyro_models
 import pytest
-import test_pyro_unbiased
 import torch
 from pyro.infer import SVI
 from pyro_exact import assert_unbiased, brute_force_gradient, enum_gradient, gradient_draws
-from test_pyro_unbiased import (
+from pyro_models import (
     PLATED_DATA,
     VAE_DATA,
     VAE_PARAMS,
@@ -89,8 +89,8 @@ def test_unbiased_bernoulli_plate():
 
 def test_unbiased_model_and_guide_networks():
     torch.manual_seed(1)
-    test_pyro_unbiased.ENCODER, test_pyro_unbiased.DECODER = Encoder(), torch.nn.Linear(3, 4)
-    model, guide = test_pyro_unbiased.vae_model, test_pyro_unbiased.vae_guide
+    pyro_models.ENCODER, pyro_models.DECODER = Encoder(), torch.nn.Linear(3, 4)
+    model, guide = pyro_models.vae_model, pyro_models.vae_guide
     init(model, guide, VAE_DATA)
     exact, _ = enum_gradient(model, guide, VAE_PARAMS, 1, VAE_DATA)
     assert_unbiased(jit_draws(model, guide, VAE_PARAMS, (VAE_DATA,), 1), exact,

@@ -3,18 +3,14 @@ the exact local expectation (``estimator="local"``), and bounded memory for the 
 
 import warnings
 
-import pytest
-import torch
-
 import pyro
 import pyro.distributions as dist
-from pyro_arsm import ARSM_ELBO
-from pyro_arsm import estimators as est
+import pytest
+import torch
 from pyro_exact import assert_unbiased, brute_force_gradient, enum_gradient, gradient_draws
-from test_pyro_unbiased import (  # noqa: F401  (_fresh: autouse param-store fixture)
+from pyro_models import (
     PLATED_DATA,
     SUB_DATA,
-    _fresh,
     init,
     plated_guide,
     plated_model,
@@ -25,6 +21,11 @@ from test_pyro_unbiased import (  # noqa: F401  (_fresh: autouse param-store fix
     to_event_guide,
     to_event_model,
 )
+
+from pyro_arsm import ARSM_ELBO
+from pyro_arsm import estimators as est
+
+pytestmark = pytest.mark.usefixtures("fresh_param_store")
 
 ESTIMATORS = ["arsm", "ars", "rloo", "local"]
 

@@ -7,12 +7,9 @@ from ``M`` draws of the mean of ``K`` vectorized particles (``K * var(mean)``).
 
 import pytest
 import torch
-
-import pyro
 from pyro.infer import TraceGraph_ELBO
-from pyro_arsm import ARSM_ELBO
 from pyro_exact import gradient_draws
-from test_pyro_unbiased import (
+from pyro_models import (
     PLATED_DATA,
     init,
     onehot_guide,
@@ -22,6 +19,10 @@ from test_pyro_unbiased import (
     to_event_guide,
     to_event_model,
 )
+
+from pyro_arsm import ARSM_ELBO
+
+pytestmark = pytest.mark.usefixtures("fresh_param_store")
 
 K, M = 100, 200
 
@@ -41,8 +42,6 @@ def per_particle_variance(elbo, model, guide, names, args):
     ],
 )
 def test_arsm_variance_below_tracegraph(label, model, guide, args, mpn, bound):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
     init(model, guide, *args)
     kwargs = dict(num_particles=K, vectorize_particles=True, max_plate_nesting=mpn)
     arsm = per_particle_variance(ARSM_ELBO(**kwargs), model, guide, ["phi"], args)
