@@ -10,6 +10,7 @@ sets the value). Sites upstream of or independent of the site therefore come out
 real pass, and sites downstream of it are re-sampled from the same noise at the new value.
 """
 
+import inspect
 import warnings
 import zlib
 
@@ -87,16 +88,24 @@ def _raise_if_not_finite(names, finite):
     )
 
 
+# Under jax.sharding an unpartitioned callback runs on one device: when it raises, the other
+# devices wait in the next collective until XLA aborts the process (40 s rendezvous timeout).
+_PARTITIONED = ({"partitioned": True}
+                if "partitioned" in inspect.signature(jax.debug.callback).parameters else {})
+
+
 def _check_finite(flags):
     """One finiteness check per loss call: ``flags`` maps site names to boolean arrays (any
     shape: particles, pseudo actions) that must all be true. Under tracing this is a single host
-    callback, whatever the number of particles and pseudo actions."""
+    callback, whatever the number of particles and pseudo actions; it is partitioned, so that
+    under ``jax.sharding`` every device runs it on the reduced (scalar, replicated) flags and
+    raises."""
     if not flags:
         return
     names = sorted(flags)
-    finite = jnp.stack([jnp.all(flags[n]) for n in names])
-    if isinstance(finite, jax.core.Tracer):
-        jax.debug.callback(lambda ok: _raise_if_not_finite(names, ok), finite)
+    finite = [jnp.all(flags[n]) for n in names]
+    if any(isinstance(ok, jax.core.Tracer) for ok in finite):
+        jax.debug.callback(lambda *ok: _raise_if_not_finite(names, ok), *finite, **_PARTITIONED)
     else:
         _raise_if_not_finite(names, finite)
 
