@@ -28,7 +28,7 @@ import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.infer.autoguide import AutoGuide
 
-from numpyro_arsm.elbo import _arsm_kind, _element_shape
+from numpyro_arsm._sites import arsm_kind, element_shape_of
 
 __all__ = ["AutoCategorical", "discrete_latent_sites"]
 
@@ -57,6 +57,37 @@ def discrete_latent_sites(model, *args, **kwargs):
     """
     trace = _trace_model(model, None, *args, **kwargs)
     return [name for name, site in _latent_sites(trace) if site["fn"].support.is_discrete]
+
+
+def _guided_kind(name, site):
+    """``(kind, base)`` of a model site AutoCategorical guides; a clear error for any other."""
+    fn = site["fn"]
+    if site["infer"].get("enumerate"):
+        raise ValueError(
+            f"AutoCategorical: site '{name}' is enumerated in the model "
+            f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not "
+            "sample it. Either keep enumerating it (TraceEnum_ELBO, and block it from this "
+            "guide with "
+            f"handlers.block(model, hide=['{name}'])) or remove the enumerate flag / "
+            "config_enumerate from the model to sample it with ARSM."
+        )
+    kind, base = arsm_kind(fn)
+    if kind is None:
+        if not fn.support.is_discrete:
+            raise ValueError(
+                f"AutoCategorical: site '{name}' ({type(fn).__name__}) is continuous; "
+                "AutoCategorical only guides discrete latents. Combine guides: "
+                "discrete = numpyro_arsm.discrete_latent_sites(model, *args); "
+                "guide = AutoGuideList(handlers.block(model, hide=discrete)); "
+                "guide.append(AutoNormal(handlers.block(model, hide=discrete))); "
+                "guide.append(AutoCategorical(model, sites=discrete))."
+            )
+        raise NotImplementedError(
+            f"AutoCategorical: site '{name}' has a discrete distribution "
+            f"{type(fn).__name__} that is not supported (Categorical and "
+            "Bernoulli are); write its guide site by hand."
+        )
+    return kind, base
 
 
 class AutoCategorical(AutoGuide):
@@ -137,31 +168,7 @@ class AutoCategorical(AutoGuide):
             latent = {n: latent[n] for n in self.site_names}
         for name, site in latent.items():
             fn = site["fn"]
-            if site["infer"].get("enumerate"):
-                raise ValueError(
-                    f"AutoCategorical: site '{name}' is enumerated in the model "
-                    f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not "
-                    "sample it. Either keep enumerating it (TraceEnum_ELBO, and block it from this "
-                    "guide with "
-                    f"handlers.block(model, hide=['{name}'])) or remove the enumerate flag / "
-                    "config_enumerate from the model to sample it with ARSM."
-                )
-            kind, base = _arsm_kind(fn)
-            if kind is None:
-                if not fn.support.is_discrete:
-                    raise ValueError(
-                        f"AutoCategorical: site '{name}' ({type(fn).__name__}) is continuous; "
-                        "AutoCategorical only guides discrete latents. Combine guides: "
-                        "discrete = numpyro_arsm.discrete_latent_sites(model, *args); "
-                        "guide = AutoGuideList(handlers.block(model, hide=discrete)); "
-                        "guide.append(AutoNormal(handlers.block(model, hide=discrete))); "
-                        "guide.append(AutoCategorical(model, sites=discrete))."
-                    )
-                raise NotImplementedError(
-                    f"AutoCategorical: site '{name}' has a discrete distribution "
-                    f"{type(fn).__name__} that is not supported (Categorical and "
-                    "Bernoulli are); write its guide site by hand."
-                )
+            kind, base = _guided_kind(name, site)
             value = jnp.asarray(site["value"])
             if kind == "categorical":
                 shape = value.shape + jnp.shape(base.logits)[-1:]
@@ -181,28 +188,29 @@ class AutoCategorical(AutoGuide):
                         "hide=[...] instead."
                     )
                 self._prototype_frames[frame.name] = frame
-            # Subsampled plates keep one parameter row per element of the full plate.
-            full_shape = list(shape)
-            for frame in frames:
-                full_size = self._prototype_frame_full_sizes[frame.name]
-                dim = len(shape) + frame.dim - event_dim
-                if full_size != frame.size and 0 <= dim:
-                    full_shape[dim] = full_size
-            if self.init == "prior":
-                prior = (jax.nn.log_softmax(base.logits, -1) if kind == "categorical"
-                         else base.logits)
-                prior = jnp.broadcast_to(prior, shape)
-                # repeat the prior's rows periodically up to the full plate size
-                init = prior
-                for dim, (n, m) in enumerate(zip(full_shape, shape, strict=True)):
-                    if n != m:
-                        init = jnp.take(init, jnp.arange(n) % m, axis=dim)
-            else:
-                init = jnp.zeros(full_shape)
+            init = self._init_logits(kind, base, shape, event_dim, frames)
             self._sites[name] = dict(
                 kind=kind, event_dim=event_dim, reinterpreted=fn.event_dim - base.event_dim,
-                element_shape=_element_shape(fn), frames=frames, init=init,
+                element_shape=element_shape_of(kind, fn), frames=frames, init=init,
             )
+
+    def _init_logits(self, kind, base, shape, event_dim, frames):
+        """Initial logits: the prior's (``init="prior"``) or zeros; subsampled plates keep one
+        row per element of the full plate (the prior's rows repeated periodically)."""
+        full_shape = list(shape)
+        for frame in frames:
+            full_size = self._prototype_frame_full_sizes[frame.name]
+            dim = len(shape) + frame.dim - event_dim
+            if full_size != frame.size and 0 <= dim:
+                full_shape[dim] = full_size
+        if self.init != "prior":
+            return jnp.zeros(full_shape)
+        prior = jax.nn.log_softmax(base.logits, -1) if kind == "categorical" else base.logits
+        init = jnp.broadcast_to(prior, shape)
+        for dim, (n, m) in enumerate(zip(full_shape, shape, strict=True)):
+            if n != m:
+                init = jnp.take(init, jnp.arange(n) % m, axis=dim)
+        return init
 
     def _site_dist(self, name, logits):
         """The guide distribution of a site: its family over the site's elements, with the

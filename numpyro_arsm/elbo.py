@@ -13,18 +13,12 @@ real pass, and sites downstream of it are re-sampled from the same noise at the 
 import inspect
 import warnings
 import zlib
+from collections import namedtuple
 
 import jax
 import jax.numpy as jnp
 from jax import random
 from jax.lax import stop_gradient
-from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
-from numpyro.distributions.discrete import (
-    BernoulliLogits,
-    BernoulliProbs,
-    CategoricalLogits,
-    CategoricalProbs,
-)
 from numpyro.handlers import seed, substitute
 from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
 from numpyro.infer.util import get_importance_trace
@@ -32,8 +26,16 @@ from numpyro.primitives import Messenger
 from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_arsm import estimators as est
+from numpyro_arsm._sites import arsm_kind, element_shape_of, elementwise_log_prob, site_logits
 
 __all__ = ["ARSM_ELBO"]
+
+# What the sampler learns about one ARSM site of the guide (as in the Pyro package, without its
+# RNG state: JAX keys are explicit).
+#   kind: "categorical" | "bernoulli"
+#   noise: log pi [*elements, C] (categorical) or u [*elements] (Bernoulli)
+#   logits: logits (no gradient) broadcast to [*elements, C] or [*elements]
+_SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits"])
 
 _ESTIMATORS = ("arsm", "ars", "ar", "rloo", "local")
 _MANY_EVALUATIONS = 4096  # warn once about a site that needs more evaluations per step
@@ -42,32 +44,6 @@ _MANY_EVALUATIONS = 4096  # warn once about a site that needs more evaluations p
 # ---------------------------------------------------------------------------------------------
 # Site inspection
 # ---------------------------------------------------------------------------------------------
-
-
-def _arsm_kind(fn):
-    """``(kind, base)`` for a categorical / Bernoulli distribution (possibly wrapped by
-    ``.to_event``, ``.expand`` or ``.mask``), else ``(None, None)``."""
-    if getattr(fn, "has_rsample", False):
-        return None, None
-    base = fn
-    while isinstance(base, (Independent, ExpandedDistribution, MaskedDistribution)):
-        base = base.base_dist
-    if isinstance(base, (CategoricalLogits, CategoricalProbs)):
-        return "categorical", base
-    if isinstance(base, (BernoulliLogits, BernoulliProbs)):
-        return "bernoulli", base
-    return None, None
-
-
-def _element_shape(fn):
-    return tuple(fn.batch_shape) + tuple(fn.event_shape)
-
-
-def _site_logits(kind, base, element_shape):
-    logits = base.logits
-    if kind == "bernoulli":
-        return jnp.broadcast_to(logits, element_shape)
-    return jnp.broadcast_to(logits, element_shape + logits.shape[-1:])
 
 
 def _site_hash(name):
@@ -162,11 +138,11 @@ class _ARSMSampler(Messenger):
             msg["infer"] = {k: v for k, v in infer.items() if k != "enumerate"}
         if msg["value"] is not None:
             return
-        kind, base = _arsm_kind(msg["fn"])
+        kind, base = arsm_kind(msg["fn"])
         if kind is None:
             return
-        element_shape = _element_shape(msg["fn"])
-        logits = stop_gradient(_site_logits(kind, base, element_shape))
+        element_shape = element_shape_of(kind, msg["fn"])
+        logits = stop_gradient(site_logits(kind, base, element_shape))
         if self.check_finite:
             self.finite[name] = jnp.all(jnp.isfinite(logits))
         key = random.fold_in(self.noise_key, _site_hash(name))
@@ -177,36 +153,12 @@ class _ARSMSampler(Messenger):
             noise = est.sample_log_pi(key, element_shape, logits.shape[-1], dtype=logits.dtype)
             value = est.categorical_from_log_pi(noise, logits).astype(jnp.int32)
         msg["value"] = value
-        self.noise[name] = (kind, noise, logits)
+        self.noise[name] = _SiteNoise(kind, noise, logits)
 
 
 # ---------------------------------------------------------------------------------------------
 # Costs
 # ---------------------------------------------------------------------------------------------
-
-
-def _elementwise_log_prob(fn, value):
-    """Log-prob of each element of a site, ``[*batch, *event]``, unsummed over event dims."""
-    if isinstance(fn, MaskedDistribution):
-        log_prob = _elementwise_log_prob(fn.base_dist, value)
-        mask = fn._mask
-        if mask is True:
-            return log_prob
-        if mask is False:
-            return jnp.zeros_like(log_prob)
-        mask = mask.reshape(mask.shape + (1,) * (log_prob.ndim - mask.ndim))
-        return jnp.where(mask, log_prob, 0.0)
-    if isinstance(fn, (ExpandedDistribution, Independent)):
-        return jnp.broadcast_to(_elementwise_log_prob(fn.base_dist, value),
-                                _element_shape(fn))
-    return fn.log_prob(value)
-
-
-def _scaled(log_prob, scale):
-    if scale is None:
-        return log_prob
-    scale = jnp.asarray(scale)
-    return log_prob * scale.reshape(scale.shape + (1,) * (log_prob.ndim - scale.ndim))
 
 
 def _site_cost(model_trace, guide_trace, name, model_deps, guide_deps, stack, batch_shape,
@@ -224,8 +176,7 @@ def _site_cost(model_trace, guide_trace, name, model_deps, guide_deps, stack, ba
             if site["type"] != "sample" or name not in deps.get(n, ()):
                 continue
             if n == name and per_element:
-                own = own + sign * _scaled(_elementwise_log_prob(site["fn"], site["value"]),
-                                           site["scale"])
+                own = own + sign * elementwise_log_prob(site)
                 continue
             shared.add((site["cond_indep_stack"], sign * site["log_prob"]))
     shared = jnp.broadcast_to(shared.sum_to(stack), batch_shape)
@@ -412,79 +363,46 @@ class ARSM_ELBO(ELBO):
     def _site_grad(self, name, keys, reference_key, model_trace, guide_trace, noise, model_deps,
                    guide_deps, param_map, model, guide, args, kwargs):
         """``(gradient w.r.t. the site's logits, logits, finiteness flags of its pseudo
-        passes)``."""
-        site = guide_trace[name]
-        fn = site["fn"]
-        kind, base = _arsm_kind(fn)
-        _, site_noise, detached_logits = noise[name]
-        element_shape = _element_shape(fn)
-        logits = _site_logits(kind, base, element_shape)
-        batch_shape = tuple(fn.batch_shape)
-        stack = site["cond_indep_stack"]
-        value_shape = batch_shape + tuple(fn.event_shape)
-        found = []  # finiteness flags of the pseudo passes (returned, checked once per loss)
-
-        def cost_of(model_trace, guide_trace):
-            # A .to_event site's own log-probabilities factorize over its event elements: each
-            # element is scored by its own share of them (the others' do not depend on it).
-            return stop_gradient(_site_cost(model_trace, guide_trace, name, model_deps,
-                                            guide_deps, stack, batch_shape, element_shape))
-
-        def evaluate(action):
-            value = action.reshape(value_shape).astype(jnp.int32)
-            model_trace, guide_trace, sampler = self._run(
-                keys, param_map, model, guide, args, kwargs, substitutions={name: value})
-            return cost_of(model_trace, guide_trace), sampler.finite
-
-        def pseudo_cost(action):
-            self.last_num_pseudo_evaluations += 1
-            cost, finite = evaluate(action)
-            found.append(finite)
-            return cost
-
-        def pseudo_costs(actions):
-            self.last_num_pseudo_evaluations += actions.shape[0]
-            if actions.shape[0] > _MANY_EVALUATIONS and ("many", name) not in self._warned_sites:
-                self._warned_sites.add(("many", name))
-                warnings.warn(
-                    f"ARSM_ELBO: guide site '{name}' needs {actions.shape[0]} model evaluations "
-                    "per step (whole-site swaps of a site whose cost is not element-separable). "
-                    "Bound the memory with pseudo_map='map' and pseudo_batch_size, or use "
-                    "estimator='ars' (C evaluations) or 'rloo' with a small num_rloo_samples; "
-                    "estimator='local' needs a separable cost.", stacklevel=6)
-            if self.pseudo_map == "map":
-                costs, finite = jax.lax.map(evaluate, actions, batch_size=self.pseudo_batch_size)
-            else:
-                costs, finite = jax.vmap(evaluate)(actions)
-            found.append(finite)
-            return costs
-
-        draw = (kind, site_noise, detached_logits, reference_key)
-        real_cost = cost_of(model_trace, guide_trace)
+        passes)``, in four steps: the real cost, the actions the estimator needs, their costs,
+        the gradient."""
+        fn = guide_trace[name]["fn"]
+        kind, base = arsm_kind(fn)
+        site_noise, detached_logits = noise[name].noise, noise[name].logits
+        element_shape = element_shape_of(kind, fn)
+        logits = site_logits(kind, base, element_shape)
+        pseudo = _PseudoPass(self, name, guide_trace[name], element_shape, model_deps,
+                             guide_deps, (keys, param_map, model, guide, args, kwargs))
+        real_cost = pseudo.cost_of(model_trace, guide_trace)
+        estimator = self.estimator
         separable = _is_separable(name, model_trace, guide_trace, model_deps, guide_deps)
-        if self.estimator == "local" and not separable and name not in self._warned_sites:
-            self._warned_sites.add(name)
-            warnings.warn(
+        if estimator == "local" and not separable:
+            self._warn_once(name, (
                 f"ARSM_ELBO: the cost of guide site '{name}' is not element-separable (a term "
                 "that depends on it lies outside its plates, or it has .to_event dims), so the "
-                "exact local expectation does not apply; it gets ARSM instead.", stacklevel=6)
-        if separable and (self.estimator == "local" or (
-                self.estimator == "arsm" and kind == "categorical")):
+                "exact local expectation does not apply; it gets ARSM instead."))
+            estimator = "arsm"
+        if separable and (estimator == "local" or (estimator == "arsm" and kind == "categorical")):
             # C evaluations (the k-th with every element at category k) give every element's
             # cost at every category
             C = 2 if kind == "bernoulli" else site_noise.shape[-1]
-            column_costs = pseudo_costs(est.column_actions(C, element_shape))
-            if self.estimator == "local":
+            column_costs = pseudo.costs(est.column_actions(C, element_shape))
+            if estimator == "local":
                 local = est.bernoulli_local_grad if kind == "bernoulli" else est.local_grad
                 grad = local(column_costs, detached_logits)
             else:
                 grad = est.arsm_grad_from_columns(column_costs, site_noise, detached_logits)
-            return grad, logits, _merge_flags(*found)
-        if self.estimator == "rloo":
-            grad = self._rloo_grad(draw, real_cost, pseudo_costs)
+            return grad, logits, _merge_flags(*pseudo.found)
+        draw = (kind, site_noise, detached_logits, reference_key)
+        if estimator == "rloo":
+            grad = self._rloo_grad(draw, real_cost, pseudo.costs)
         else:
-            grad = self._swap_grad(draw, real_cost, pseudo_cost, pseudo_costs)
-        return grad, logits, _merge_flags(*found)
+            grad = self._swap_grad(draw, real_cost, pseudo.cost, pseudo.costs)
+        return grad, logits, _merge_flags(*pseudo.found)
+
+    def _warn_once(self, key, message):
+        if key not in self._warned_sites:
+            self._warned_sites.add(key)
+            warnings.warn(message, stacklevel=7)
 
     def _rloo_grad(self, draw, real_cost, pseudo_costs):
         """RLOO: ``n`` independent samples (the real one first), evaluated like pseudo
@@ -503,10 +421,7 @@ class ARSM_ELBO(ELBO):
             return est.bernoulli_rloo_grad(costs, samples, detached_logits)
         C = site_noise.shape[-1]
         n = self.num_rloo_samples or est.num_swap_rows(C)
-        # inverse-CDF draws: one uniform per sample instead of C exponentials
-        cdf = jnp.cumsum(jax.nn.softmax(detached_logits, -1), -1)[..., :-1]
-        u = random.uniform(sample_key, (n - 1,) + element_shape, dtype=cdf.dtype)
-        extra = (u[..., None] > cdf).sum(-1).astype(jnp.int32)
+        extra = est.sample_categorical(sample_key, n - 1, detached_logits)
         true_action = est.categorical_from_log_pi(site_noise, detached_logits)
         samples = jnp.concatenate([true_action[None].astype(jnp.int32), extra])
         costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
@@ -601,6 +516,63 @@ class ARSM_ELBO(ELBO):
                 "warn_score_function=False to silence this warning.",
                 stacklevel=6,
             )
+
+
+class _PseudoPass:
+    """Evaluates the cost of one ARSM site at pseudo actions (``jax.vmap`` over them, or
+    ``jax.lax.map`` with ``pseudo_map="map"``), counting the evaluations and keeping the
+    finiteness flags of the passes (returned, checked once per loss)."""
+
+    def __init__(self, elbo, name, site, element_shape, model_deps, guide_deps, run_args):
+        self.elbo, self.name = elbo, name
+        self.model_deps, self.guide_deps = model_deps, guide_deps
+        self.run_args = run_args  # (keys, param_map, model, guide, args, kwargs)
+        fn = site["fn"]
+        self.stack = site["cond_indep_stack"]
+        self.batch_shape = tuple(fn.batch_shape)
+        self.value_shape = self.batch_shape + tuple(fn.event_shape)
+        self.element_shape = element_shape
+        self.found = []
+
+    def cost_of(self, model_trace, guide_trace):
+        # A .to_event site's own log-probabilities factorize over its event elements: each
+        # element is scored by its own share of them (the others' do not depend on it).
+        return stop_gradient(_site_cost(model_trace, guide_trace, self.name, self.model_deps,
+                                        self.guide_deps, self.stack, self.batch_shape,
+                                        self.element_shape))
+
+    def _evaluate(self, action):
+        value = action.reshape(self.value_shape).astype(jnp.int32)
+        keys, param_map, model, guide, args, kwargs = self.run_args
+        model_trace, guide_trace, sampler = self.elbo._run(
+            keys, param_map, model, guide, args, kwargs, substitutions={self.name: value})
+        return self.cost_of(model_trace, guide_trace), sampler.finite
+
+    def cost(self, action):
+        """The cost at one action."""
+        self.elbo.last_num_pseudo_evaluations += 1
+        cost, finite = self._evaluate(action)
+        self.found.append(finite)
+        return cost
+
+    def costs(self, actions):
+        """The costs at actions ``[U, *elements]``: ``[U, *cost_shape]``."""
+        elbo, name = self.elbo, self.name
+        elbo.last_num_pseudo_evaluations += actions.shape[0]
+        if actions.shape[0] > _MANY_EVALUATIONS:
+            elbo._warn_once(("many", name), (
+                f"ARSM_ELBO: guide site '{name}' needs {actions.shape[0]} model evaluations "
+                "per step (whole-site swaps of a site whose cost is not element-separable). "
+                "Bound the memory with pseudo_map='map' and pseudo_batch_size, or use "
+                "estimator='ars' (C evaluations) or 'rloo' with a small num_rloo_samples; "
+                "estimator='local' needs a separable cost."))
+        if elbo.pseudo_map == "map":
+            costs, finite = jax.lax.map(self._evaluate, actions,
+                                        batch_size=elbo.pseudo_batch_size)
+        else:
+            costs, finite = jax.vmap(self._evaluate)(actions)
+        self.found.append(finite)
+        return costs
 
 
 def _is_separable(name, model_trace, guide_trace, model_deps, guide_deps):

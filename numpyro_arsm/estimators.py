@@ -51,6 +51,7 @@ __all__ = [
     "ar_grad",
     "ars_rows",
     "sample_uniform",
+    "sample_categorical",
     "bernoulli_pair",
     "arm_grad",
     "disarm_grad",
@@ -278,6 +279,14 @@ def ar_grad(cost, log_pi):
 def sample_uniform(key, shape, dtype=jnp.float32):
     """``u ~ Uniform(0, 1)`` of the given shape (the Bernoulli augmentation)."""
     return jax.random.uniform(key, tuple(shape), dtype=dtype)
+
+
+def sample_categorical(key, num_samples, logits):
+    """``num_samples`` independent draws from ``Categorical(logits=logits)`` by inverse CDF (one
+    uniform per draw): int32 ``[num_samples, *logits.shape[:-1]]``. The extra samples of RLOO."""
+    cdf = jnp.cumsum(jax.nn.softmax(logits, -1), -1)[..., :-1]
+    u = sample_uniform(key, (num_samples,) + tuple(jnp.shape(logits)[:-1]), dtype=cdf.dtype)
+    return (u[..., None] > cdf).sum(-1).astype(jnp.int32)
 
 
 def bernoulli_pair(u, logits):
@@ -620,9 +629,8 @@ def arsm_gradient(key, logits, f, estimator="arsm", return_action=False, num_sam
         g = ars_grad(f(actions), log_pi, reference)
     elif estimator == "rloo":
         n = num_swap_rows(C) if num_samples is None else num_samples
-        extra = sample_log_pi(key_reference, (n - 1,) + logits.shape[:-1], C, dtype=logits.dtype)
         actions = jnp.concatenate([categorical_from_log_pi(log_pi, logits)[None],
-                                   categorical_from_log_pi(extra, logits)])
+                                   sample_categorical(key_reference, n - 1, logits)])
         g = rloo_grad(f(actions), actions, logits)
     elif estimator == "local":
         columns = jnp.asarray(f(column_actions(C, logits.shape[:-1])))

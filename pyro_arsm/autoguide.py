@@ -32,7 +32,7 @@ from pyro.nn.module import PyroModule, PyroParam
 from pyro.ops.tensor_utils import periodic_repeat
 from torch.distributions import constraints
 
-from pyro_arsm.elbo import _arsm_kind, _element_shape
+from pyro_arsm._sites import arsm_kind, element_shape_of
 
 __all__ = ["AutoCategorical", "discrete_latent_sites"]
 
@@ -49,6 +49,37 @@ def discrete_latent_sites(model, *args, **kwargs):
         for name, site in trace.iter_stochastic_nodes()
         if not prototype_hide_fn(site) and site["fn"].support.is_discrete
     ]
+
+
+def _guided_kind(name, site):
+    """``(kind, base)`` of a model site AutoCategorical guides; a clear error for any other."""
+    fn = site["fn"]
+    if site["infer"].get("enumerate"):
+        raise ValueError(
+            f"AutoCategorical: site '{name}' is enumerated in the model "
+            f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not "
+            "sample it. Either keep enumerating it (TraceEnum_ELBO, and block it from this "
+            "guide with "
+            f"poutine.block(model, hide=['{name}'])) or remove the enumerate flag / "
+            "config_enumerate from the model to sample it with ARSM."
+        )
+    kind, base = arsm_kind(fn)
+    if kind is None:
+        if not fn.support.is_discrete:
+            raise ValueError(
+                f"AutoCategorical: site '{name}' ({type(fn).__name__}) is continuous; "
+                "AutoCategorical only guides discrete latents. Combine guides: "
+                "discrete = pyro_arsm.discrete_latent_sites(model, *args); "
+                "guide = AutoGuideList(model); "
+                "guide.append(AutoNormal(poutine.block(model, hide=discrete))); "
+                "guide.append(AutoCategorical(model, sites=discrete))."
+            )
+        raise NotImplementedError(
+            f"AutoCategorical: site '{name}' has a discrete distribution "
+            f"{type(fn).__name__} that is not supported (Categorical, "
+            "OneHotCategorical and Bernoulli are); write its guide site by hand."
+        )
+    return kind, base
 
 
 class AutoCategorical(AutoGuide):
@@ -127,31 +158,7 @@ class AutoCategorical(AutoGuide):
                 )
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             fn = site["fn"]
-            if site["infer"].get("enumerate"):
-                raise ValueError(
-                    f"AutoCategorical: site '{name}' is enumerated in the model "
-                    f"(infer={{'enumerate': {site['infer']['enumerate']!r}}}); a guide must not "
-                    "sample it. Either keep enumerating it (TraceEnum_ELBO, and block it from this "
-                    "guide with "
-                    f"poutine.block(model, hide=['{name}'])) or remove the enumerate flag / "
-                    "config_enumerate from the model to sample it with ARSM."
-                )
-            kind, base = _arsm_kind(fn)
-            if kind is None:
-                if not fn.support.is_discrete:
-                    raise ValueError(
-                        f"AutoCategorical: site '{name}' ({type(fn).__name__}) is continuous; "
-                        "AutoCategorical only guides discrete latents. Combine guides: "
-                        "discrete = pyro_arsm.discrete_latent_sites(model, *args); "
-                        "guide = AutoGuideList(model); "
-                        "guide.append(AutoNormal(poutine.block(model, hide=discrete))); "
-                        "guide.append(AutoCategorical(model, sites=discrete))."
-                    )
-                raise NotImplementedError(
-                    f"AutoCategorical: site '{name}' has a discrete distribution "
-                    f"{type(fn).__name__} that is not supported (Categorical, "
-                    "OneHotCategorical and Bernoulli are); write its guide site by hand."
-                )
+            kind, base = _guided_kind(name, site)
             value = site["value"]
             if kind == "categorical":
                 shape = value.shape + base.logits.shape[-1:]
@@ -161,7 +168,7 @@ class AutoCategorical(AutoGuide):
                 event_dim = fn.event_dim
             self._sites[name] = dict(
                 kind=kind, event_dim=event_dim, reinterpreted=fn.event_dim - base.event_dim,
-                element_shape=torch.Size(_element_shape(kind, fn)),
+                element_shape=torch.Size(element_shape_of(kind, fn)),
                 frames=[f for f in site["cond_indep_stack"] if f.vectorized],
             )
             if name in amortized:

@@ -62,30 +62,16 @@ def compare_estimators(model, guide, *args, estimators=DEFAULT_ESTIMATORS, num_d
     try:
         for name in estimators:
             elbo = _make_elbo(name, max_plate_nesting, elbo_kwargs)
-            draws, seconds = [], []
-            for i in range(num_draws + 1):
-                for p in params:
-                    p.grad = None
-                start = time.perf_counter()
-                elbo.loss_and_grads(model, guide, *args, **kwargs)
-                elapsed = time.perf_counter() - start
-                if i == 0:
-                    continue  # warm-up: first-call costs (dependency analysis, caches)
-                seconds.append(elapsed)
-                draws.append(torch.cat([
-                    (torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1)
-                    for p in params]))
-            draws = torch.stack(draws)
+            draws, seconds = _gradient_draws(elbo, params, num_draws, model, guide, args, kwargs)
             variance = draws.var(0).sum().item()
             median = statistics.median(seconds)
-            # model evaluations per estimate: the real pass plus the pseudo passes
-            evaluations = getattr(elbo, "last_num_pseudo_evaluations", 0)
             rows.append({
                 "estimator": name,
                 "variance": variance,
                 "seconds": median,
                 "variance_x_seconds": variance * median,
-                "evaluations": evaluations + 1,
+                # model evaluations per estimate: the real pass plus the pseudo passes
+                "evaluations": getattr(elbo, "last_num_pseudo_evaluations", 0) + 1,
             })
     finally:
         for p, g in zip(params, saved, strict=True):
@@ -93,6 +79,24 @@ def compare_estimators(model, guide, *args, estimators=DEFAULT_ESTIMATORS, num_d
     if print_table:
         print(format_table(rows))
     return rows
+
+
+def _gradient_draws(elbo, params, num_draws, model, guide, args, kwargs):
+    """``num_draws`` flattened gradients ``[num_draws, D]`` of ``params`` and the seconds each
+    took, after one untimed warm-up call (first-call costs: dependency analysis, caches)."""
+    draws, seconds = [], []
+    for i in range(num_draws + 1):
+        for p in params:
+            p.grad = None
+        start = time.perf_counter()
+        elbo.loss_and_grads(model, guide, *args, **kwargs)
+        elapsed = time.perf_counter() - start
+        if i == 0:
+            continue
+        seconds.append(elapsed)
+        draws.append(torch.cat([
+            (torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params]))
+    return torch.stack(draws), seconds
 
 
 def format_table(rows):

@@ -12,8 +12,6 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.score_parts import ScoreParts
-from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
-from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.tracegraph_elbo import TrackNonReparam, _compute_elbo
 from pyro.infer.util import MultiFrameTensor, torch_backward, torch_item
@@ -22,9 +20,16 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
-from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
 
 from pyro_arsm import estimators as est
+from pyro_arsm._sites import (
+    arsm_kind,
+    element_shape_of,
+    elementwise_log_prob,
+    event_ndims,
+    site_logits,
+    value_from_action,
+)
 
 __all__ = ["ARSM_ELBO"]
 
@@ -53,49 +58,6 @@ _Particle = namedtuple(
 # ---------------------------------------------------------------------------------------------
 # Site inspection
 # ---------------------------------------------------------------------------------------------
-
-
-def _arsm_kind(fn):
-    """Return ``(kind, base_distribution)`` for an ARSM-capable distribution, else ``(None, None)``.
-
-    Unwraps ``.to_event`` (Independent), ``.mask`` (MaskedDistribution; the mask reaches the
-    estimator through the masked log-probabilities in the cost) and ``.expand``.
-    """
-    if getattr(fn, "has_rsample", False):
-        return None, None
-    base = fn
-    while isinstance(base, (Independent, MaskedDistribution, ExpandedDistribution)):
-        base = base.base_dist
-    if getattr(base, "has_rsample", False):
-        return None, None
-    if isinstance(base, OneHotCategorical):
-        return "onehot", base
-    if isinstance(base, Categorical):
-        return "categorical", base
-    if isinstance(base, Bernoulli):
-        return "bernoulli", base
-    return None, None
-
-
-def _element_shape(kind, fn):
-    """Shape of the site's scalar random variables (batch and event, without the one-hot dim)."""
-    shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
-    return shape[:-1] if kind == "onehot" else shape
-
-
-def _site_logits(kind, base, element_shape):
-    """The site's logits (differentiable) broadcast to ``[*elements, C]`` or ``[*elements]``."""
-    logits = detach_provenance(base.logits)
-    if kind == "bernoulli":
-        return logits.expand(element_shape)
-    return logits.expand(element_shape + logits.shape[-1:])
-
-
-def _value_from_action(kind, action, num_categories, dtype):
-    """Pyro's value for an action: the index (Categorical), one-hot, or 0./1. (Bernoulli)."""
-    if kind == "onehot":
-        return torch.nn.functional.one_hot(action, num_categories).to(dtype)
-    return action
 
 
 def _guess_nesting(*traces):
@@ -147,7 +109,7 @@ class _ARSMSampler(Messenger):
         if isinstance(msg["fn"], _Subsample):
             return
         name = msg["name"]
-        kind, base = _arsm_kind(msg["fn"])
+        kind, base = arsm_kind(msg["fn"])
         if kind is not None and msg["infer"].get("enumerate"):
             # A guide written for TraceEnum_ELBO (config_enumerate): sample the site instead, as
             # Trace_ELBO does; the ELBO warns once. The flag is dropped so that replaying this
@@ -156,8 +118,8 @@ class _ARSMSampler(Messenger):
             msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
         if kind is None:
             return
-        element_shape = _element_shape(kind, msg["fn"])
-        logits = _site_logits(kind, base, element_shape).detach()
+        element_shape = element_shape_of(kind, msg["fn"])
+        logits = site_logits(kind, base, element_shape).detach()
         if self.check_finite and self.defer_finite:
             self.finite.append((name, torch.isfinite(logits).all()))
         elif self.check_finite and not torch.isfinite(logits).all():
@@ -180,7 +142,7 @@ class _ARSMSampler(Messenger):
             value = est.bernoulli_pair(noise, logits)[0]
         else:
             action = est.categorical_from_log_pi(noise, logits)
-            value = _value_from_action(kind, action, logits.shape[-1], logits.dtype)
+            value = value_from_action(kind, action, logits.shape[-1], logits.dtype)
         value = value.reshape(tuple(msg["fn"].batch_shape) + tuple(msg["fn"].event_shape))
         # The value depends on whatever the logits depend on: keep that provenance, so that a
         # site sampled from logits computed from another discrete site is known to be downstream
@@ -463,7 +425,7 @@ class ARSM_ELBO(ELBO):
                 continue
             if site["is_observed"] or getattr(site["fn"], "has_rsample", False):
                 continue
-            kind, _ = _arsm_kind(site["fn"])
+            kind, _ = arsm_kind(site["fn"])
             if kind is None and self.warn_score_function:
                 self._warn_once(("score_function", name), (
                     f"ARSM_ELBO: guide site '{name}' ({type(site['fn']).__name__}) is neither "
@@ -569,8 +531,8 @@ class ARSM_ELBO(ELBO):
             guide_deps=guide_deps,
             model_names=frozenset(particle.raw_model_trace.nodes),
             guide_names=frozenset(particle.raw_guide_trace.nodes),
-            own_model=model_site is not None and _event_ndims(model_site["fn"]) > 0,
-            own_guide=_event_ndims(particle.guide_trace.nodes[name]["fn"]) > 0,
+            own_model=model_site is not None and event_ndims(model_site["fn"]) > 0,
+            own_guide=event_ndims(particle.guide_trace.nodes[name]["fn"]) > 0,
         )
         return spec, downstream
 
@@ -579,10 +541,10 @@ class ARSM_ELBO(ELBO):
         cost, the actions the estimator needs, their costs, the gradient."""
         site = particle.guide_trace.nodes[name]
         noise = particle.noise[name]
-        kind, base = _arsm_kind(site["fn"])
+        kind, base = arsm_kind(site["fn"])
         element_shape = tuple(noise.noise.shape[:-1]) if kind != "bernoulli" else tuple(
             noise.noise.shape)
-        logits = _site_logits(kind, base, element_shape)
+        logits = site_logits(kind, base, element_shape)
         spec, downstream = self._cost_spec(particle, name)
         real_cost, cost_shape = self._real_cost(particle, spec, site, element_shape)
         separable = _is_separable(particle, spec, site)
@@ -799,10 +761,8 @@ def _estimator_actions(estimator, kind, noise, element_shape, num_rloo_samples=N
     if estimator == "rloo":
         true_action = est.categorical_from_log_pi(noise.noise, noise.logits)
         n = num_rloo_samples or est.num_swap_rows(C)
-        probs = noise.logits.softmax(-1).reshape(-1, C)
-        extra = torch.multinomial(probs, n - 1, replacement=True)  # [elements, n-1]
-        return torch.cat([true_action.unsqueeze(0),
-                          extra.T.reshape((n - 1,) + element_shape)]), 0, None
+        extra = est.sample_categorical(n - 1, noise.logits)  # [n - 1, *elements]
+        return torch.cat([true_action.unsqueeze(0), extra]), 0, None
     if estimator == "ars":
         reference = int(torch.randint(C, ()))
         rows = est.ars_rows(reference, C, device=noise.noise.device)
@@ -877,7 +837,7 @@ class _PseudoPass:
 
     def _values(self, actions):
         dtype = self.particle.noise[self.spec.name].logits.dtype
-        return _value_from_action(self.kind, actions, self.num_categories, dtype)
+        return value_from_action(self.kind, actions, self.num_categories, dtype)
 
     def _replayed(self, replay_all):
         """The guide sites to replay: all but the site (and, unless ``replay_all``, but the
@@ -950,7 +910,7 @@ def _signature(model_trace, guide_trace):
 def _has_score_function_sites(guide_trace):
     return any(
         s["type"] == "sample" and not s["is_observed"] and not isinstance(s["fn"], _Subsample)
-        and not getattr(s["fn"], "has_rsample", False) and _arsm_kind(s["fn"])[0] is None
+        and not getattr(s["fn"], "has_rsample", False) and arsm_kind(s["fn"])[0] is None
         for s in guide_trace.nodes.values()
     )
 
@@ -1039,32 +999,6 @@ _CostSpec = namedtuple(
 )
 
 
-def _event_ndims(fn):
-    """Event dims that can be scored elementwise: those of a chain of ``Independent`` wrappers
-    (0 for anything else)."""
-    ndims = 0
-    while isinstance(fn, Independent):
-        ndims += fn.reinterpreted_batch_ndims
-        fn = fn.base_dist
-    return ndims
-
-
-def _elementwise_log_prob(site):
-    """Scaled, masked log-prob of each element of a ``.to_event`` site: ``[*batch, *event]``."""
-    fn = site["fn"]
-    ndims = 0
-    while isinstance(fn, Independent):
-        ndims += fn.reinterpreted_batch_ndims
-        fn = fn.base_dist
-    log_prob = fn.log_prob(site["value"])
-    scale, mask = site["scale"], site["mask"]
-    if isinstance(scale, torch.Tensor) and scale.dim():
-        scale = scale.reshape(scale.shape + (1,) * ndims)
-    if isinstance(mask, torch.Tensor) and mask.dim():
-        mask = mask.reshape(mask.shape + (1,) * ndims)
-    return scale_and_mask(log_prob, scale, mask)
-
-
 def _site_cost(model_trace, guide_trace, spec, target, pseudo=None):
     """The cost of site ``spec.name`` from a model and guide trace: ``(shared, own)`` where
     ``shared`` is ``sum_to`` the site's plates ``target`` and ``own`` (or ``0.``) holds the site's
@@ -1079,7 +1013,7 @@ def _site_cost(model_trace, guide_trace, spec, target, pseudo=None):
             if s["type"] != "sample" or (n not in deps and n in names):
                 continue
             if n == spec.name and own_flag:
-                own = own + sign * _elementwise_log_prob(s)
+                own = own + sign * elementwise_log_prob(s)
                 continue
             log_prob = s["log_prob"]
             if pseudo is not None:

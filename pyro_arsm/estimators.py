@@ -42,6 +42,7 @@ __all__ = [
     "ar_grad",
     "ars_rows",
     "sample_uniform",
+    "sample_categorical",
     "bernoulli_pair",
     "arm_grad",
     "disarm_grad",
@@ -259,6 +260,15 @@ def ar_grad(cost, log_pi):
 def sample_uniform(shape, *, dtype=None, device=None, generator=None):
     """``u ~ Uniform(0, 1)`` of the given shape (the Bernoulli augmentation)."""
     return torch.rand(tuple(shape), dtype=dtype, device=device, generator=generator)
+
+
+def sample_categorical(num_samples, logits, *, generator=None):
+    """``num_samples`` independent draws from ``Categorical(logits=logits)`` by inverse CDF (one
+    uniform per draw): long ``[num_samples, *logits.shape[:-1]]``. The extra samples of RLOO."""
+    cdf = logits.softmax(-1).cumsum(-1)[..., :-1]
+    u = sample_uniform((num_samples,) + tuple(logits.shape[:-1]), dtype=cdf.dtype,
+                       device=cdf.device, generator=generator)
+    return (u.unsqueeze(-1) > cdf).sum(-1)
 
 
 def bernoulli_pair(u, logits):
@@ -554,10 +564,8 @@ def arsm_gradient(logits, f, estimator="arsm", *, num_samples=None, generator=No
         g = ar_grad(f(actions)[0], log_pi)
     elif estimator == "rloo":
         n = num_swap_rows(C) if num_samples is None else num_samples
-        extra = sample_log_pi((n - 1,) + tuple(logits.shape[:-1]), C, dtype=logits.dtype,
-                              device=logits.device, generator=generator)
         actions = torch.cat([categorical_from_log_pi(log_pi, logits).unsqueeze(0),
-                             categorical_from_log_pi(extra, logits)])
+                             sample_categorical(n - 1, logits, generator=generator)])
         g = rloo_grad(f(actions), actions, logits)
     elif estimator == "local":
         columns = f(column_actions(C, logits.shape[:-1], device=logits.device))
