@@ -56,24 +56,20 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from _vae_data import load_mnist5k_labeled
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 from torch import nn
 
 from pyro_arsm import ARSM_ELBO
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _vae_data import load_mnist5k_labeled  # noqa: E402
 
 NUM_CLASSES = 10
 LABEL_SEED = 0  # which training images are labelled / unlabelled: fixed, not --seed
