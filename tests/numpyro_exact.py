@@ -11,7 +11,6 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
 from numpyro.distributions.discrete import CategoricalLogits, CategoricalProbs
 from numpyro.handlers import replay, seed, substitute, trace
@@ -58,7 +57,7 @@ def enum_loss(model, guide, params, *args, key=None):
                          for v in itertools.product(values, repeat=num)])
     total = 0.0
     for values in itertools.product(*supports):
-        data = {n: v for (n, _), v in zip(discrete, values)}
+        data = {n: v for (n, _), v in zip(discrete, values, strict=True)}
         guide_trace = trace(substitute(seed(substitute(guide, data=params), guide_key),
                                        data=data)).get_trace(*args)
         model_trace = trace(replay(seed(substitute(model, data=params), model_key),
@@ -124,3 +123,19 @@ def assert_unbiased(draws, exact, exact_se=None, power=0.05, label=""):
         f"{label}: biased? worst z {worst:.2f}\nmean  {np.asarray(draws).mean(0)}\n"
         f"exact {np.asarray(exact)}")
     return worst
+
+
+def check_unbiased(model, guide, params, names, args, particles=200, draws=40, exact_keys=1,
+                   exact_params=None, exact_args=None, scale=1.0, power=0.05, label="",
+                   **elbo_kwargs):
+    """:func:`assert_unbiased` of ``draws`` gradients of ``ARSM_ELBO(num_particles=particles,
+    **elbo_kwargs)`` against ``scale`` times the exact gradient (taken at ``exact_params`` and
+    ``exact_args`` when given, else at ``params`` and ``args``)."""
+    from numpyro_arsm import ARSM_ELBO
+
+    exact, exact_se = exact_gradient(model, guide, exact_params or params, names,
+                                     *(exact_args if exact_args is not None else args),
+                                     num_keys=exact_keys)
+    elbo = ARSM_ELBO(num_particles=particles, **elbo_kwargs)
+    samples = gradient_draws(elbo, model, guide, params, names, draws, *args)
+    return assert_unbiased(samples, scale * exact, scale * exact_se, power=power, label=label)

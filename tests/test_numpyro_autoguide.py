@@ -3,16 +3,16 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import pytest
-
 import numpyro
 import numpyro.distributions as dist
+import optax
+import pytest
 from numpyro import handlers
 from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoDelta, AutoGuideList
+from numpyro_exact import check_unbiased
+
 from numpyro_arsm import ARSM_ELBO, AutoCategorical, discrete_latent_sites
-from numpyro_exact import assert_unbiased, exact_gradient, gradient_draws
 
 DATA = jnp.array([-1.3, 2.1])  # small: the exact reference sums over 3^2 x 2^2 values
 
@@ -41,15 +41,8 @@ def init_params(guide, *args, seed=0):
     tr = handlers.trace(handlers.seed(guide, jax.random.PRNGKey(seed))).get_trace(*args)
     params = {n: s["value"] for n, s in tr.items() if s["type"] == "param"}
     keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(params))
-    return {n: v + 0.5 * jax.random.normal(k, jnp.shape(v)) for (n, v), k in zip(params.items(), keys)}
-
-
-def check(model, guide, params, args, label, particles=200, draws=40):
-    names = sorted(params)
-    exact, exact_se = exact_gradient(model, guide, params, names, *args)
-    elbo = ARSM_ELBO(num_particles=particles)
-    est = gradient_draws(elbo, model, guide, params, names, draws, *args)
-    return assert_unbiased(est, exact, exact_se, label=label)
+    return {n: v + 0.5 * jax.random.normal(k, jnp.shape(v))
+            for (n, v), k in zip(params.items(), keys, strict=True)}
 
 
 def test_discrete_latent_sites_lists_only_discrete_latents():
@@ -61,7 +54,8 @@ def test_unbiased_local_logits_in_auto_guide_list():
     params = init_params(guide, DATA)
     assert {"auto_z_logits", "auto_b_logits"} <= set(params)
     assert params["auto_z_logits"].shape == (2, 3) and params["auto_b_logits"].shape == (2,)
-    check(mixed_model, guide, params, (DATA,), "numpyro AutoGuideList(AutoDelta, AutoCategorical)")
+    check_unbiased(mixed_model, guide, params, sorted(params), (DATA,),
+                   label="numpyro AutoGuideList(AutoDelta, AutoCategorical)")
 
 
 def encoder(data):
@@ -87,7 +81,8 @@ def test_unbiased_amortized_logits_and_to_event():
     params = init_params(guide, data)
     assert not any(n.endswith("_logits") for n in params), "amortized sites got local logits"
     params["locs"] = jnp.array([-1.0, 0.5, 2.0])
-    check(amortized_model, guide, params, (data,), "numpyro amortized AutoCategorical, to_event")
+    check_unbiased(amortized_model, guide, params, sorted(params), (data,),
+                   label="numpyro amortized AutoCategorical, to_event")
 
 
 def test_subsampled_plate_uses_full_size_logits():

@@ -9,11 +9,9 @@ jax = pytest.importorskip("jax")
 numpyro = pytest.importorskip("numpyro")
 
 import jax.numpy as jnp  # noqa: E402
-
 import numpyro.distributions as dist  # noqa: E402
-from numpyro_arsm import ARSM_ELBO  # noqa: E402
-from numpyro_exact import exact_gradient, flatten, gradient_draws  # noqa: E402
-from test_numpyro_unbiased import (  # noqa: E402
+from numpyro_exact import check_unbiased, exact_gradient, flatten, gradient_draws  # noqa: E402
+from numpyro_models import (  # noqa: E402
     BERN,
     BERN_DATA,
     EVENT,
@@ -24,7 +22,6 @@ from test_numpyro_unbiased import (  # noqa: E402
     SUB_DATA,
     bernoulli_guide,
     bernoulli_model,
-    check,
     plated_guide,
     plated_model,
     single_guide,
@@ -34,6 +31,8 @@ from test_numpyro_unbiased import (  # noqa: E402
     to_event_guide,
     to_event_model,
 )
+
+from numpyro_arsm import ARSM_ELBO  # noqa: E402
 
 # two documents of two tokens, vocabulary 4, 3 topics (the Pyro test's LDA-style model, smaller:
 # the exact reference enumerates all 3^4 joint assignments by hand)
@@ -63,34 +62,34 @@ def lda_guide(words):
 
 @pytest.mark.parametrize("estimator", ["arsm", "local"])
 def test_unbiased_mixture_plate(estimator):
-    check(plated_model, plated_guide, PLATED, ["phi", "locs"], (PLATED_DATA,),
-          estimator=estimator, label=f"numpyro mixture plate, {estimator}")
+    check_unbiased(plated_model, plated_guide, PLATED, ["phi", "locs"], (PLATED_DATA,),
+                   estimator=estimator, label=f"numpyro mixture plate, {estimator}")
 
 
 @pytest.mark.parametrize("estimator", ["arsm", "local"])
 def test_unbiased_lda_token_plates(estimator):
-    check(lda_model, lda_guide, LDA, ["phi", "topic_words", "doc_topics"], (WORDS,),
-          estimator=estimator, label=f"numpyro LDA token plates, {estimator}")
+    check_unbiased(lda_model, lda_guide, LDA, ["phi", "topic_words", "doc_topics"], (WORDS,),
+                   estimator=estimator, label=f"numpyro LDA token plates, {estimator}")
 
 
 @pytest.mark.parametrize("estimator", ["arsm", "local"])
 def test_unbiased_plate_under_handlers_scale(estimator):
-    check(plated_model, plated_guide, PLATED, ["phi", "locs"], (PLATED_DATA, 2.5),
-          exact_args=(PLATED_DATA,), scale=2.5, estimator=estimator,
-          label=f"numpyro handlers.scale(2.5), {estimator}")
+    check_unbiased(plated_model, plated_guide, PLATED, ["phi", "locs"], (PLATED_DATA, 2.5),
+                   exact_args=(PLATED_DATA,), scale=2.5, estimator=estimator,
+                   label=f"numpyro handlers.scale(2.5), {estimator}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["arsm", "local"])
 def test_unbiased_subsampled_plate(estimator):
-    check(subsampled_model, subsampled_guide, SUB, ["phi", "locs"], (SUB_DATA, 2),
-          exact_args=(SUB_DATA,), particles=50, draws=300, power=0.1, estimator=estimator,
-          label=f"numpyro subsample_size=2 of 6, {estimator}")
+    check_unbiased(subsampled_model, subsampled_guide, SUB, ["phi", "locs"], (SUB_DATA, 2),
+                   exact_args=(SUB_DATA,), particles=50, draws=300, power=0.1, estimator=estimator,
+                   label=f"numpyro subsample_size=2 of 6, {estimator}")
 
 
 def test_unbiased_bernoulli_plate_local():
-    check(bernoulli_model, bernoulli_guide, BERN, ["alpha", "w"], (BERN_DATA,),
-          estimator="local", label="numpyro Bernoulli plate, local")
+    check_unbiased(bernoulli_model, bernoulli_guide, BERN, ["alpha", "w"], (BERN_DATA,),
+                   estimator="local", label="numpyro Bernoulli plate, local")
 
 
 def test_separable_site_costs_C_evaluations():
@@ -116,8 +115,8 @@ def test_local_on_a_non_separable_site_warns_once_and_uses_arsm():
     x = jnp.array(0.4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check(to_event_model, to_event_guide, EVENT, ["phi", "scale"], (x,),
-              estimator="local", label="numpyro local on .to_event (ARSM)")
+        check_unbiased(to_event_model, to_event_guide, EVENT, ["phi", "scale"], (x,),
+                       estimator="local", label="numpyro local on .to_event (ARSM)")
     messages = [str(w.message) for w in caught if "not element-separable" in str(w.message)]
     assert len(messages) == 1 and "site 'z'" in messages[0]
 

@@ -11,132 +11,43 @@ jax = pytest.importorskip("jax")
 numpyro = pytest.importorskip("numpyro")
 
 import jax.numpy as jnp  # noqa: E402
-
 import numpyro.distributions as dist  # noqa: E402
 from numpyro import handlers  # noqa: E402
+from numpyro_exact import (  # noqa: E402
+    assert_unbiased,
+    check_unbiased,
+    exact_gradient,
+    gradient_draws,
+)
+from numpyro_models import (  # noqa: E402
+    BERN,
+    BERN_DATA,
+    CHAIN,
+    EVENT,
+    PLATED,
+    PLATED_DATA,
+    SINGLE,
+    SUB,
+    SUB_DATA,
+    bernoulli_guide,
+    bernoulli_model,
+    chain_guide,
+    chain_model,
+    plated_guide,
+    plated_model,
+    single_guide,
+    single_model,
+    subsampled_guide,
+    subsampled_model,
+    to_event_guide,
+    to_event_model,
+)
+
 from numpyro_arsm import ARSM_ELBO  # noqa: E402
-from numpyro_exact import assert_unbiased, exact_gradient, gradient_draws  # noqa: E402
-
-
-def check(model, guide, params, names, args, particles=200, draws=40, exact_keys=1,
-          exact_params=None, exact_args=None, scale=1.0, power=0.05, label="", **elbo_kwargs):
-    exact, exact_se = exact_gradient(model, guide, exact_params or params, names,
-                                     *(exact_args if exact_args is not None else args),
-                                     num_keys=exact_keys)
-    elbo = ARSM_ELBO(num_particles=particles, **elbo_kwargs)
-    samples = gradient_draws(elbo, model, guide, params, names, draws, *args)
-    return assert_unbiased(samples, scale * exact, scale * exact_se, power=power, label=label)
-
 
 # ---------------------------------------------------------------------------------------------
-# Models (the same families as the Pyro tests)
+# Models used by this module only (the shared ones are in numpyro_models.py)
 # ---------------------------------------------------------------------------------------------
-
-SINGLE = {"locs": jnp.array([-2.0, -1.0, 0.0, 1.0, 2.0]),
-          "phi": jnp.array([0.3, -0.5, 1.0, 0.0, -1.2])}
-
-
-def single_model(x):
-    locs = numpyro.param("locs", SINGLE["locs"])
-    z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(5)))
-    numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=x)
-
-
-def single_guide(x):
-    numpyro.sample("z", dist.Categorical(logits=numpyro.param("phi", SINGLE["phi"])))
-
-
-W_EVENT = jnp.array([[0.5, -1.0, 2.0], [1.0, 0.3, -0.7], [-1.5, 0.8, 0.2]])
-EVENT = {"scale": jnp.array(1.0),
-         "phi": jnp.array([[0.2, -0.4, 0.1], [1.0, 0.0, -0.5], [-0.3, 0.6, 0.0]])}
-
-
-def to_event_model(x):
-    scale = numpyro.param("scale", EVENT["scale"])
-    z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros((3, 3))).to_event(1))
-    h = jnp.take_along_axis(jnp.broadcast_to(W_EVENT, z.shape + (3,)), z[..., None], -1)[..., 0]
-    mean = jnp.tanh(h.sum(-1)) + 0.5 * h[..., 0] * h[..., 1] * h[..., 2]
-    numpyro.sample("x", dist.Normal(mean * scale, 0.5), obs=x)
-
-
-def to_event_guide(x):
-    numpyro.sample("z", dist.Categorical(logits=numpyro.param("phi", EVENT["phi"])).to_event(1))
-
-
-PLATED_DATA = jnp.array([0.0, 1.0, 2.5])
-PLATED = {"locs": jnp.array([-1.0, 0.0, 1.0, 2.0]),
-          "phi": jnp.array([[0.5, -0.5, 0.0, 0.2], [0.0, 1.0, -1.0, 0.0],
-                            [-0.5, 0.0, 0.5, 1.0]])}
-
-
-def plated_model(data, scale=1.0):
-    locs = numpyro.param("locs", PLATED["locs"])
-    with numpyro.plate("data", data.shape[0]), handlers.scale(scale=scale):
-        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(4)))
-        numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
-
-
-def plated_guide(data, scale=1.0):
-    phi = numpyro.param("phi", PLATED["phi"])
-    with numpyro.plate("data", data.shape[0]), handlers.scale(scale=scale):
-        numpyro.sample("z", dist.Categorical(logits=phi))
-
-
-SUB_DATA = jnp.array([-1.0, 0.2, 2.1, 0.9, -0.4, 1.7])
-SUB = {"locs": jnp.array([-1.0, 0.5, 2.0]),
-       "phi": jnp.sin(jnp.linspace(-1, 1, 18).reshape(6, 3)) * 2}
-
-
-def subsampled_model(data, subsample_size=None):
-    locs = numpyro.param("locs", SUB["locs"])
-    with numpyro.plate("data", data.shape[0], subsample_size=subsample_size) as idx:
-        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
-        numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=data[idx])
-
-
-def subsampled_guide(data, subsample_size=None):
-    phi = numpyro.param("phi", SUB["phi"])
-    with numpyro.plate("data", data.shape[0], subsample_size=subsample_size) as idx:
-        numpyro.sample("z", dist.Categorical(logits=phi[idx]))
-
-
-P_CHAIN = jnp.array([[1.0, 0.0, -1.0], [0.0, 0.5, 0.0], [-1.0, 0.0, 1.0]])
-CHAIN = {"locs": jnp.array([[-2.0, -1.0, 0.0], [0.0, 1.0, 2.0], [1.0, 3.0, -1.0]]),
-         "phi1": jnp.array([0.4, -0.2, 0.0]),
-         "phi2": jnp.array([[1.0, -1.0, 0.0], [0.0, 0.0, 0.5], [-0.5, 1.0, 0.0]])}
-
-
-def chain_model(x):
-    locs = numpyro.param("locs", CHAIN["locs"])
-    z1 = numpyro.sample("z1", dist.Categorical(logits=jnp.array([0.2, -0.3, 0.1])))
-    z2 = numpyro.sample("z2", dist.Categorical(logits=P_CHAIN[z1]))
-    numpyro.sample("x", dist.Normal(locs[z1, z2], 1.0), obs=x)
-
-
-def chain_guide(x):
-    phi2 = numpyro.param("phi2", CHAIN["phi2"])
-    z1 = numpyro.sample("z1", dist.Categorical(logits=numpyro.param("phi1", CHAIN["phi1"])))
-    numpyro.sample("z2", dist.Categorical(logits=phi2[z1]))
-
-
-BERN_DATA = jnp.array([0.0, 1.0, 2.5, -1.0])
-# (no logit exactly 0: jax.grad of NumPyro's Bernoulli log_prob has a kink there, which would
-# spoil the exact reference)
-BERN = {"w": jnp.array([-1.0, 1.5]), "alpha": jnp.array([0.3, -1.0, 0.1, 1.2])}
-
-
-def bernoulli_model(data):
-    w = numpyro.param("w", BERN["w"])
-    with numpyro.plate("data", data.shape[0]):
-        b = numpyro.sample("b", dist.Bernoulli(probs=0.4))
-        numpyro.sample("x", dist.Normal(w[b], 1.0), obs=data)
-
-
-def bernoulli_guide(data):
-    alpha = numpyro.param("alpha", BERN["alpha"])
-    with numpyro.plate("data", data.shape[0]):
-        numpyro.sample("b", dist.Bernoulli(logits=alpha))
-
 
 BERN_EVENT = {"v": jnp.array([1.0, -2.0, 0.5]), "alpha": jnp.array([0.5, -0.3, 1.0])}
 
@@ -263,63 +174,66 @@ def probs_guide(data):
 
 @pytest.mark.parametrize("estimator", ["arsm", "ars", "rloo"])
 def test_unbiased_single_categorical(estimator):
-    check(single_model, single_guide, SINGLE, ["phi", "locs"], (jnp.array(0.7),),
-          estimator=estimator, label=f"numpyro single categorical, {estimator}")
+    check_unbiased(single_model, single_guide, SINGLE, ["phi", "locs"], (jnp.array(0.7),),
+                   estimator=estimator, label=f"numpyro single categorical, {estimator}")
 
 
 @pytest.mark.parametrize("pseudo_map", ["vmap", "map"])
 def test_unbiased_to_event_non_separable(pseudo_map):
-    check(to_event_model, to_event_guide, EVENT, ["phi", "scale"], (jnp.array(0.4),),
-          pseudo_map=pseudo_map, pseudo_batch_size=4,
-          label=f"numpyro to_event, pseudo_map={pseudo_map}")
+    check_unbiased(to_event_model, to_event_guide, EVENT, ["phi", "scale"], (jnp.array(0.4),),
+                   pseudo_map=pseudo_map, pseudo_batch_size=4,
+                   label=f"numpyro to_event, pseudo_map={pseudo_map}")
 
 
 def test_unbiased_plate_under_handlers_scale():
     # the scaled ELBO is 2.5 x the unscaled one (reference independent of scale handling)
-    check(plated_model, plated_guide, PLATED, ["phi", "locs"], (PLATED_DATA, 2.5),
-          exact_args=(PLATED_DATA,), scale=2.5, label="numpyro plate + handlers.scale(2.5)")
+    check_unbiased(plated_model, plated_guide, PLATED, ["phi", "locs"], (PLATED_DATA, 2.5),
+                   exact_args=(PLATED_DATA,), scale=2.5,
+                   label="numpyro plate + handlers.scale(2.5)")
 
 
 @pytest.mark.slow
 def test_unbiased_subsampled_plate_full_data_gradient():
-    check(subsampled_model, subsampled_guide, SUB, ["phi", "locs"], (SUB_DATA, 2),
-          exact_args=(SUB_DATA,), particles=50, draws=300, power=0.1,
-          label="numpyro subsample_size=2 of 6")
+    check_unbiased(subsampled_model, subsampled_guide, SUB, ["phi", "locs"], (SUB_DATA, 2),
+                   exact_args=(SUB_DATA,), particles=50, draws=300, power=0.1,
+                   label="numpyro subsample_size=2 of 6")
 
 
 def test_unbiased_chained_categoricals():
-    check(chain_model, chain_guide, CHAIN, ["phi1", "phi2", "locs"], (jnp.array(1.3),),
-          label="numpyro chained categoricals")
+    check_unbiased(chain_model, chain_guide, CHAIN, ["phi1", "phi2", "locs"], (jnp.array(1.3),),
+                   label="numpyro chained categoricals")
 
 
 @pytest.mark.parametrize("estimator", ["arsm", "ar", "rloo"])
 def test_unbiased_bernoulli_plate(estimator):
-    check(bernoulli_model, bernoulli_guide, BERN, ["alpha", "w"], (BERN_DATA,),
-          draws=100 if estimator == "ar" else 40, estimator=estimator,
-          label=f"numpyro Bernoulli plate, {estimator}")
+    check_unbiased(bernoulli_model, bernoulli_guide, BERN, ["alpha", "w"], (BERN_DATA,),
+                   draws=100 if estimator == "ar" else 40, estimator=estimator,
+                   label=f"numpyro Bernoulli plate, {estimator}")
 
 
 def test_unbiased_bernoulli_to_event_non_separable():
-    check(bernoulli_event_model, bernoulli_event_guide, BERN_EVENT, ["alpha", "v"],
-          (jnp.array(0.3),), label="numpyro Bernoulli to_event")
+    check_unbiased(bernoulli_event_model, bernoulli_event_guide, BERN_EVENT, ["alpha", "v"],
+                   (jnp.array(0.3),), label="numpyro Bernoulli to_event")
 
 
 @pytest.mark.slow
 def test_unbiased_reparameterized_site_upstream():
-    check(upstream_model, upstream_guide, UP, ["mu", "a", "b", "locs"], (jnp.array(0.9),),
-          draws=60, exact_keys=4000, label="numpyro reparameterized site upstream")
+    check_unbiased(upstream_model, upstream_guide, UP, ["mu", "a", "b", "locs"],
+                   (jnp.array(0.9),), draws=60, exact_keys=4000,
+                   label="numpyro reparameterized site upstream")
 
 
 @pytest.mark.slow
 def test_unbiased_reparameterized_site_downstream():
     # w ~ q(w | z) is re-sampled (same noise) at each pseudo action
-    check(downstream_model, downstream_guide, DOWN, ["phi", "m", "locs"], (jnp.array(1.2),),
-          draws=60, exact_keys=4000, label="numpyro reparameterized site downstream")
+    check_unbiased(downstream_model, downstream_guide, DOWN, ["phi", "m", "locs"],
+                   (jnp.array(1.2),), draws=60, exact_keys=4000,
+                   label="numpyro reparameterized site downstream")
 
 
 def test_unbiased_model_and_guide_weights():
-    check(vae_model, vae_guide, VAE, ["enc_w", "enc_b", "dec_w", "dec_b"], (VAE_DATA,),
-          label="numpyro encoder and decoder weights")
+    check_unbiased(vae_model, vae_guide, VAE, ["enc_w", "enc_b", "dec_w", "dec_b"], (VAE_DATA,),
+                   label="numpyro encoder and decoder weights")
 
 
 @pytest.mark.parametrize("how", ["handler", "distribution"])
@@ -383,12 +297,12 @@ def nested_guide(data):
 
 @pytest.mark.slow
 def test_unbiased_nested_plates_under_a_global_categorical():
-    check(nested_model, nested_guide, NESTED, ["phi", "psi", "locs"], (NESTED_DATA,),
-          label="numpyro nested plates + global categorical")
+    check_unbiased(nested_model, nested_guide, NESTED, ["phi", "psi", "locs"], (NESTED_DATA,),
+                   label="numpyro nested plates + global categorical")
 
 
 @pytest.mark.parametrize("num_rloo_samples", [None, 8])
 def test_unbiased_rloo_on_to_event(num_rloo_samples):
-    check(to_event_model, to_event_guide, EVENT, ["phi", "scale"], (jnp.array(0.4),),
-          estimator="rloo", num_rloo_samples=num_rloo_samples,
-          label=f"numpyro RLOO({num_rloo_samples}) to_event")
+    check_unbiased(to_event_model, to_event_guide, EVENT, ["phi", "scale"], (jnp.array(0.4),),
+                   estimator="rloo", num_rloo_samples=num_rloo_samples,
+                   label=f"numpyro RLOO({num_rloo_samples}) to_event")
