@@ -1,8 +1,9 @@
 """NumPyro ARSM_ELBO (jitted ``SVI.update``) against Pyro ARSM_ELBO (``SVI.step``) on the
-categorical VAE of ``vae_bench.py``: same network (20 x 10 latents, 64-512-256-200 encoder,
-200-256-512-64 decoder, leaky ReLU 0.2), same initial weights, same minibatches (digits, batch
-200), Adam(1e-3). Steps are interleaved, so both see the same machine load; the NumPyro step's
-first call (tracing + XLA compilation) is reported separately.
+categorical VAE of ``vae_bench.py``: the examples' two definitions of one network
+(``examples/vae_models.py``: 20 x 10 latents, 64-512-256-200 encoder, 200-256-512-64 decoder,
+leaky ReLU 0.2), same initial weights, same minibatches (digits, batch 200), Adam(1e-3). Steps
+are interleaved, so both see the same machine load; the NumPyro step's first call (tracing + XLA
+compilation) is reported separately.
 
 Usage::
 
@@ -20,51 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as npdist
 import optax
 import pyro
 import torch
+from _examples import vae_models
 from numpyro.infer import SVI as NumPyroSVI
-from vae_bench import VAE, C, K, load_digits_binarized, make_step
+from vae_bench import C, K, load_digits_binarized, make_step, make_vae
 
 from numpyro_arsm import ARSM_ELBO as NumPyroARSM
-
-
-def numpyro_vae(torch_vae):
-    """The same VAE in NumPyro, initialized with the torch networks' weights."""
-
-    def linear_params(seq, prefix):
-        layers = [m for m in seq if isinstance(m, torch.nn.Linear)]
-        return {f"{prefix}{i}_{kind}": jnp.asarray(
-                    (layer.weight.detach().numpy().T if kind == "w"
-                     else layer.bias.detach().numpy()))
-                for i, layer in enumerate(layers) for kind in ("w", "b")}
-
-    enc_init = linear_params(torch_vae.encoder, "enc")
-    dec_init = linear_params(torch_vae.decoder, "dec")
-
-    def mlp(params, prefix, h, n):
-        for i in range(n):
-            h = h @ params[f"{prefix}{i}_w"] + params[f"{prefix}{i}_b"]
-            if i < n - 1:
-                h = jax.nn.leaky_relu(h, 0.2)
-        return h
-
-    def model(x):
-        dec = {k: numpyro.param(k, v) for k, v in dec_init.items()}
-        with numpyro.plate("data", x.shape[0]):
-            z = numpyro.sample("z", npdist.Categorical(logits=jnp.zeros((K, C))).to_event(1))
-            h = jax.nn.one_hot(z, C).reshape(z.shape[:-1] + (K * C,))
-            numpyro.sample("x", npdist.Bernoulli(logits=mlp(dec, "dec", h, 3)).to_event(1),
-                           obs=x)
-
-    def guide(x):
-        enc = {k: numpyro.param(k, v) for k, v in enc_init.items()}
-        with numpyro.plate("data", x.shape[0]):
-            logits = mlp(enc, "enc", x, 3).reshape(x.shape[:-1] + (K, C))
-            numpyro.sample("z", npdist.Categorical(logits=logits).to_event(1))
-
-    return model, guide
 
 
 def main():
@@ -83,8 +47,9 @@ def main():
 
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    torch_vae = VAE(data.shape[1], "cpu", prefix="pyro/")
-    model, guide = numpyro_vae(torch_vae)  # copy the initial weights before training
+    torch_vae = make_vae("pyro", data.shape[1], "cpu")
+    # the same initial weights as make_vae's
+    model, guide = vae_models.numpyro_vae(vae_models.initial_weights(data.shape[1], seed=0))
     pyro_step, _ = make_step("arsm", torch_vae, 1e-3)
 
     svi = NumPyroSVI(model, guide, optax.adam(1e-3), loss=NumPyroARSM())

@@ -16,16 +16,13 @@ import argparse
 import cProfile
 import os
 import pstats
-import sys
 
 import pyro
 import torch
 from pyro.infer import SVI
+from vae_bench import HandARSM, load_digits_binarized, make_vae
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vae_bench import VAE, HandARSM, load_digits_binarized  # noqa: E402
-
-from pyro_arsm import ARSM_ELBO, JitARSM_ELBO  # noqa: E402
+from pyro_arsm import ARSM_ELBO, JitARSM_ELBO
 
 # (label, file fragment, function name): cumulative time of that function
 PARTS = {
@@ -75,7 +72,7 @@ def main():
     for method, parts in PARTS.items():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        vae = VAE(data.shape[1], device, prefix=method + "/")
+        vae = make_vae(method, data.shape[1], device)
         if method == "hand-arsm":
             step = HandARSM(vae, 1e-3).step
         else:

@@ -2,8 +2,9 @@
 
 Setting (the seed paper's nonlinear VAE, Yin et al. 2019, on scikit-learn's 8x8 digits instead of
 MNIST): 20 categorical latents x 10 classes, encoder 64-512-256-200 and decoder 200-256-512-64
-with leaky ReLU(0.2), uniform prior, Bernoulli likelihood on digits binarized at > 7, batch 200,
-Adam(lr 1e-3).
+with leaky ReLU(0.2), uniform prior, Bernoulli likelihood on digits binarized at > 7 (the 1500
+training images of the examples' split), batch 200, Adam(lr 1e-3). The VAE and the data are the
+examples' (``examples/vae_models.py``, ``examples/_vae_data.py``, loaded by ``_examples.py``).
 
 Methods, all on the same network and minibatches:
 
@@ -35,50 +36,34 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
+from _examples import vae_data, vae_models
+from pyro import poutine
 from pyro.infer import SVI, TraceGraph_ELBO
 
 from pyro_arsm import ARSM_ELBO, JitARSM_ELBO
 
-K, C, H1, H2 = 20, 10, 512, 256
+K, C = vae_models.NUM_LATENTS, vae_models.NUM_CLASSES
 
 
 def load_digits_binarized(device):
-    from sklearn.datasets import load_digits
-
-    x = load_digits().data > 7
-    return torch.tensor(x, dtype=torch.float32, device=device)
+    """The training split of the examples' binarized digits, ``[1500, 64]`` on ``device``."""
+    return torch.as_tensor(vae_data.load_dataset("digits").train, device=device)
 
 
-def mlp(sizes):
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.LeakyReLU(0.2))
-    return nn.Sequential(*layers)
+def make_vae(method, num_pixels, device, seed=0):
+    """The examples' ``PyroVAE`` (one stochastic layer), its networks named ``<method>/...`` in
+    Pyro's param store; every method starts from the same weights."""
+    weights = vae_models.initial_weights(num_pixels, layers=1, seed=seed)
+    return vae_models.PyroVAE(weights, layers=1, device=device, prefix=method + "/")
 
 
-class VAE:
-    def __init__(self, dim, device, prefix="", seed=0):
-        torch.manual_seed(seed)
-        self.prefix = prefix  # keeps each method's networks apart in Pyro's param store
-        self.encoder = mlp([dim, H1, H2, K * C]).to(device)
-        self.decoder = mlp([K * C, H2, H1, dim]).to(device)
-        self.prior_logits = torch.zeros(K, C, device=device)
-
-    def model(self, x, baseline=False):
-        pyro.module(self.prefix + "decoder", self.decoder)
-        with pyro.plate("data", x.shape[-2]):
-            z = pyro.sample("z", dist.OneHotCategorical(logits=self.prior_logits).to_event(1))
-            logits = self.decoder(z.reshape(z.shape[:-2] + (K * C,)))
-            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
-
-    def guide(self, x, baseline=False):
-        pyro.module(self.prefix + "encoder", self.encoder)
-        infer = {"baseline": {"use_decaying_avg_baseline": True}} if baseline else {}
-        with pyro.plate("data", x.shape[-2]):
-            logits = self.encoder(x).reshape(x.shape[:-1] + (K, C))
-            pyro.sample("z", dist.OneHotCategorical(logits=logits).to_event(1), infer=infer)
+def guide_of(method, vae):
+    """The guide; for ``tracegraph-avg`` with a decaying-average baseline on its site."""
+    if method != "tracegraph-avg":
+        return vae.guide
+    return poutine.infer_config(
+        vae.guide, lambda site: {"baseline": {"use_decaying_avg_baseline": True}}
+        if site["type"] == "sample" and not site["is_observed"] else {})
 
 
 class HandARSM:
@@ -133,21 +118,18 @@ class HandARSM:
 def make_step(method, vae, lr):
     if method == "hand-arsm":
         return HandARSM(vae, lr).step, None
-    baseline = method == "tracegraph-avg"
     if method == "arsm":
         loss = ARSM_ELBO(max_plate_nesting=1)
     elif method == "jit-arsm":
         loss = JitARSM_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
-        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), loss=loss)
-        return (lambda x: svi.step(x)), loss  # compiled: tensors only through *args
     elif method == "arsm-sequential":
         loss = ARSM_ELBO(max_plate_nesting=1, vectorize_pseudo=False)
     elif method == "rloo":
         loss = ARSM_ELBO(max_plate_nesting=1, estimator="rloo")
     else:
         loss = TraceGraph_ELBO(max_plate_nesting=1)
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), loss=loss)
-    return (lambda x: svi.step(x, baseline)), loss
+    svi = SVI(vae.model, guide_of(method, vae), pyro.optim.Adam({"lr": lr}), loss=loss)
+    return svi.step, loss  # tensors only through *args (JitARSM_ELBO compiles them)
 
 
 def encoder_grad(method, vae, x, loss):
@@ -158,11 +140,7 @@ def encoder_grad(method, vae, x, loss):
     if method == "hand-arsm":
         HandARSM(vae, 0.0).surrogate(x).backward()
     else:
-        baseline = method == "tracegraph-avg"
-        if method == "jit-arsm":
-            loss.loss_and_grads(vae.model, vae.guide, x)
-        else:
-            loss.loss_and_grads(vae.model, vae.guide, x, baseline)
+        loss.loss_and_grads(vae.model, guide_of(method, vae), x)
         # pyro.module registered the encoder's params in the store: same tensors
     return torch.cat([p.grad.reshape(-1) for p in params]).clone()
 
@@ -191,11 +169,11 @@ def main():
     steps, losses, variances = {}, {}, {}
     for method in methods:
         pyro.set_rng_seed(0)
-        vae = VAE(data.shape[1], device, prefix=method + "/")
+        vae = make_vae(method, data.shape[1], device)
         steps[method], losses[method] = make_step(method, vae, args.lr)
         if method != "hand-arsm":
             # create the params in the store before reading gradients
-            losses[method].loss(vae.model, vae.guide, batches[0], method == "tracegraph-avg")
+            losses[method].loss(vae.model, guide_of(method, vae), batches[0])
         # variance at initialization, on one fixed minibatch
         grads = torch.stack([encoder_grad(method, vae, batches[0], losses[method])
                              for _ in range(args.variance_draws)])
