@@ -587,8 +587,12 @@ def arsm_grad_from_columns(column_costs, log_pi, logits):
 # ---------------------------------------------------------------------------------------------
 
 
-def arsm_gradient(key, logits, f, estimator="arsm", return_action=False, num_samples=None):
+def arsm_gradient(key, logits, f, estimator="arsm", *, num_samples=None, return_action=False):
     """Estimate ``d E_{z ~ Cat(softmax(logits))}[f(z)] / d logits`` for one categorical site.
+
+    The entry point outside any PPL (reinforcement learning, a hand-written loss): it draws the
+    noise, calls ``f`` on the rows the estimator needs and applies the estimator's arithmetic
+    (:func:`arsm_grad`, :func:`ars_grad`, ... take the costs of rows already evaluated).
 
     Traceable by ``jax.jit`` when ``f``, ``estimator`` and ``return_action`` are static.
 

@@ -528,6 +528,10 @@ def arsm_gradient(logits, f, estimator="arsm", *, num_samples=None, generator=No
                   return_action=False):
     """Estimate ``d E_{z ~ Cat(softmax(logits))}[f(z)] / d logits`` for one categorical site.
 
+    The entry point outside any PPL (reinforcement learning, a hand-written loss): it draws the
+    noise, calls ``f`` on the rows the estimator needs and applies the estimator's arithmetic
+    (:func:`arsm_grad`, :func:`ars_grad`, ... take the costs of rows already evaluated).
+
     :param logits: ``[..., C]``; every element of the batch is one categorical, and all of them
         share each swap (the multivariate ARSM).
     :param callable f: maps actions of shape ``[R, ...]`` (long) to costs ``[R, *b]`` where
