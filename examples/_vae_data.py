@@ -1,4 +1,5 @@
-"""Data for ``categorical_vae.py``: binarized images as numpy arrays, for either backend.
+"""Data for the categorical-VAE examples (``categorical_vae.py``, ``quickstart.py``, ``ss_vae.py``)
+and the benchmarks: binarized images as numpy arrays, for either backend.
 
 Two datasets, both available without a download:
 
