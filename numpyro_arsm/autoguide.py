@@ -20,6 +20,7 @@ and name the sites for ``AutoCategorical`` with ``sites=`` rather than ``block(.
 """
 
 from contextlib import ExitStack
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,7 @@ def _trace_model(model, rng_key, *args, **kwargs):
         return handlers.trace(handlers.seed(model, rng_key)).get_trace(*args, **kwargs)
 
 
-def discrete_latent_sites(model, *args, **kwargs):
+def discrete_latent_sites(model: Callable, *args, **kwargs) -> list:
     """Names of the model's latent (unobserved) sample sites with discrete support.
 
     Runs the model once (a fixed seed; its sample statements draw from the prior) and returns the
@@ -125,8 +126,9 @@ class AutoCategorical(AutoGuide):
     :param callable create_plates: as for other autoguides (for data subsampling).
     """
 
-    def __init__(self, model, *, sites=None, network=None, init="prior", prefix="auto",
-                 create_plates=None):
+    def __init__(self, model: Callable, *, sites: Optional[Sequence[str]] = None,
+                 network: Optional[Callable] = None, init: str = "prior", prefix: str = "auto",
+                 create_plates: Optional[Callable] = None) -> None:
         if init not in ("prior", "uniform"):
             raise ValueError(f"AutoCategorical: init must be 'prior' or 'uniform', got {init!r}")
         self.site_names = None if sites is None else list(sites)

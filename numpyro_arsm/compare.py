@@ -7,6 +7,7 @@ baselines (RLOO) at an equal number of function evaluations; which one wins depe
 
 import statistics
 import time
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -29,9 +30,11 @@ def _make_elbo(name, elbo_kwargs):
     return ARSM_ELBO(estimator=name, **elbo_kwargs)
 
 
-def compare_estimators(model, guide, params, *args, rng_key=None,
-                       estimators=DEFAULT_ESTIMATORS, num_draws=30, print_table=True,
-                       elbo_kwargs=None, **kwargs):
+def compare_estimators(model: Callable, guide: Callable, params: dict, *args,
+                       rng_key: Optional[jax.Array] = None,
+                       estimators: Sequence[str] = DEFAULT_ESTIMATORS, num_draws: int = 30,
+                       print_table: bool = True, elbo_kwargs: Optional[dict] = None,
+                       **kwargs) -> list:
     """Gradient variance and cost of each estimator on ``model`` / ``guide`` at ``params`` (a
     dict of constrained parameter values, e.g. ``svi.get_params(state)``).
 
@@ -79,7 +82,7 @@ def compare_estimators(model, guide, params, *args, rng_key=None,
     return rows
 
 
-def format_table(rows):
+def format_table(rows: list) -> str:
     """A markdown table of :func:`compare_estimators`' rows."""
     lines = ["| estimator | gradient variance | ms per estimate | variance × seconds "
              "| model evaluations | compile s |",

@@ -14,6 +14,7 @@ import inspect
 import warnings
 import zlib
 from collections import namedtuple
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -262,9 +263,10 @@ class ARSM_ELBO(ELBO):
 
     can_infer_discrete = True
 
-    def __init__(self, num_particles=1, vectorize_particles=True, estimator="arsm",
-                 num_rloo_samples=None, pseudo_map="vmap", pseudo_batch_size=None,
-                 check_finite=True, warn_score_function=True):
+    def __init__(self, num_particles: int = 1, vectorize_particles: Union[bool, Callable] = True,
+                 estimator: str = "arsm", num_rloo_samples: Optional[int] = None,
+                 pseudo_map: str = "vmap", pseudo_batch_size: Optional[int] = None,
+                 check_finite: bool = True, warn_score_function: bool = True) -> None:
         if estimator not in _ESTIMATORS:
             raise ValueError(
                 f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
@@ -284,7 +286,8 @@ class ARSM_ELBO(ELBO):
         #: pseudo-action evaluations of one particle, counted when the loss was last traced
         self.last_num_pseudo_evaluations = 0
 
-    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
+    def loss(self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, *args,
+             **kwargs) -> jax.Array:
         """``-ELBO`` whose gradient is the ARSM estimate.
 
         :param jax.random.key rng_key: random key.
@@ -295,7 +298,8 @@ class ARSM_ELBO(ELBO):
         return self.loss_with_mutable_state(rng_key, param_map, model, guide, *args,
                                             **kwargs)["loss"]
 
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+    def loss_with_mutable_state(self, rng_key: jax.Array, param_map: dict, model: Callable,
+                                guide: Callable, *args, **kwargs) -> dict:
         """Like :meth:`loss`, and the values of the ``numpyro.mutable`` sites after the real
         pass: ``{"loss": ..., "mutable_state": ...}`` (``None`` without mutable sites), as
         :class:`numpyro.infer.SVI` expects."""

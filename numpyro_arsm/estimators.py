@@ -33,6 +33,7 @@ For Bernoulli variables the module offers ARM (Yin & Zhou, ICLR 2019), which is 
 """
 
 import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -587,7 +588,8 @@ def arsm_grad_from_columns(column_costs, log_pi, logits):
 # ---------------------------------------------------------------------------------------------
 
 
-def arsm_gradient(key, logits, f, estimator="arsm", *, num_samples=None, return_action=False):
+def arsm_gradient(key: jax.Array, logits: jax.Array, f: Callable, estimator: str = "arsm", *,
+                  num_samples: Optional[int] = None, return_action: bool = False):
     """Estimate ``d E_{z ~ Cat(softmax(logits))}[f(z)] / d logits`` for one categorical site.
 
     The entry point outside any PPL (reinforcement learning, a hand-written loss): it draws the

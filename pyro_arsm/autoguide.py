@@ -20,6 +20,7 @@ Continuous latents are not its job: combine it with another autoguide through
 
 import operator
 from contextlib import ExitStack
+from typing import Callable, Optional, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -36,7 +37,7 @@ from pyro_arsm._sites import arsm_kind, element_shape_of
 
 __all__ = ["AutoCategorical", "discrete_latent_sites"]
 
-def discrete_latent_sites(model, *args, **kwargs):
+def discrete_latent_sites(model: Callable, *args, **kwargs) -> list:
     """Names of the model's latent (unobserved) sample sites with discrete support.
 
     Runs the model once (its sample statements draw from the prior) and returns the names in
@@ -119,7 +120,9 @@ class AutoCategorical(AutoGuide):
     :param callable create_plates: as for other autoguides (for data subsampling).
     """
 
-    def __init__(self, model, *, sites=None, network=None, init="prior", create_plates=None):
+    def __init__(self, model: Callable, *, sites: Optional[Sequence[str]] = None,
+                 network: Optional[Callable] = None, init: str = "prior",
+                 create_plates: Optional[Callable] = None) -> None:
         if init not in ("prior", "uniform"):
             raise ValueError(f"AutoCategorical: init must be 'prior' or 'uniform', got {init!r}")
         self.init = init

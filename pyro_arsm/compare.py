@@ -7,6 +7,7 @@ baselines (RLOO) at an equal number of function evaluations; which one wins depe
 
 import statistics
 import time
+from typing import Callable, Optional, Sequence
 
 import pyro.poutine as poutine
 import torch
@@ -30,9 +31,10 @@ def _make_elbo(name, max_plate_nesting, elbo_kwargs):
     return ARSM_ELBO(estimator=name, max_plate_nesting=max_plate_nesting, **elbo_kwargs)
 
 
-def compare_estimators(model, guide, *args, estimators=DEFAULT_ESTIMATORS, num_draws=30,
-                       max_plate_nesting=float("inf"), print_table=True, elbo_kwargs=None,
-                       **kwargs):
+def compare_estimators(model: Callable, guide: Callable, *args,
+                       estimators: Sequence[str] = DEFAULT_ESTIMATORS, num_draws: int = 30,
+                       max_plate_nesting: float = float("inf"), print_table: bool = True,
+                       elbo_kwargs: Optional[dict] = None, **kwargs) -> list:
     """Gradient variance and cost of each estimator on ``model`` / ``guide`` at the current
     parameters (the param store is not changed).
 
@@ -99,7 +101,7 @@ def _gradient_draws(elbo, params, num_draws, model, guide, args, kwargs):
     return torch.stack(draws), seconds
 
 
-def format_table(rows):
+def format_table(rows: list) -> str:
     """A markdown table of :func:`compare_estimators`' rows."""
     lines = ["| estimator | gradient variance | ms per estimate | variance × seconds "
              "| model evaluations |",

@@ -7,6 +7,7 @@ The estimator arithmetic lives in :mod:`pyro_arsm.estimators`.
 import contextlib
 import warnings
 from collections import namedtuple
+from typing import Callable, Optional, Union
 
 import pyro
 import pyro.poutine as poutine
@@ -269,19 +270,19 @@ class ARSM_ELBO(ELBO):
 
     def __init__(
         self,
-        num_particles=1,
-        max_plate_nesting=float("inf"),
-        vectorize_particles=False,
-        estimator="arsm",
-        num_rloo_samples=None,
-        vectorize_pseudo="auto",
-        pseudo_batch_size=None,
-        warn_score_function=True,
-        check_finite=True,
-        cache_dependencies=True,
-        retain_graph=None,
-        ignore_jit_warnings=False,
-    ):
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
+        estimator: str = "arsm",
+        num_rloo_samples: Optional[int] = None,
+        vectorize_pseudo: Union[str, bool] = "auto",
+        pseudo_batch_size: Optional[int] = None,
+        warn_score_function: bool = True,
+        check_finite: bool = True,
+        cache_dependencies: bool = True,
+        retain_graph: Optional[bool] = None,
+        ignore_jit_warnings: bool = False,
+    ) -> None:
         if estimator not in _ESTIMATORS:
             raise ValueError(
                 f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
@@ -439,7 +440,7 @@ class ARSM_ELBO(ELBO):
 
     # --- loss --------------------------------------------------------------------------------
 
-    def loss(self, model, guide, *args, **kwargs):
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """
         :returns: an estimate of ``-ELBO`` (no gradient work, no pseudo passes).
         :rtype: float
@@ -455,7 +456,7 @@ class ARSM_ELBO(ELBO):
         warn_if_nan(loss, "loss")
         return loss
 
-    def loss_and_grads(self, model, guide, *args, **kwargs):
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """Computes the ``-ELBO`` and back-propagates the ARSM surrogate loss.
 
         :returns: an estimate of ``-ELBO``.
@@ -467,7 +468,8 @@ class ARSM_ELBO(ELBO):
         warn_if_nan(loss, "loss")
         return loss
 
-    def differentiable_loss(self, model, guide, *args, **kwargs):
+    def differentiable_loss(self, model: Callable, guide: Callable, *args,
+                            **kwargs) -> torch.Tensor:
         """A tensor whose value is ``-ELBO`` and whose gradient is the ARSM estimate.
 
         This also makes ``ARSM_ELBO()(model, guide)`` an :class:`~pyro.infer.elbo.ELBOModule`.

@@ -26,6 +26,7 @@ For Bernoulli variables the module offers ARM (Yin & Zhou, ICLR 2019), which is 
 """
 
 import functools
+from typing import Callable, Optional
 
 import torch
 
@@ -524,8 +525,9 @@ def arsm_grad_from_columns(column_costs, log_pi, logits):
 # ---------------------------------------------------------------------------------------------
 
 
-def arsm_gradient(logits, f, estimator="arsm", *, num_samples=None, generator=None,
-                  return_action=False):
+def arsm_gradient(logits: torch.Tensor, f: Callable, estimator: str = "arsm", *,
+                  num_samples: Optional[int] = None,
+                  generator: Optional[torch.Generator] = None, return_action: bool = False):
     """Estimate ``d E_{z ~ Cat(softmax(logits))}[f(z)] / d logits`` for one categorical site.
 
     The entry point outside any PPL (reinforcement learning, a hand-written loss): it draws the

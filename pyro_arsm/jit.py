@@ -4,6 +4,7 @@ the pattern of Pyro's :class:`~pyro.infer.JitTrace_ELBO` and
 """
 
 import weakref
+from typing import Callable, Optional
 
 import pyro.ops.jit
 import torch
@@ -44,7 +45,7 @@ class JitARSM_ELBO(ARSM_ELBO):
     ``jit_options`` (passed to :func:`torch.jit.trace`, as in Pyro's ``Jit*_ELBO``).
     """
 
-    def __init__(self, *args, jit_options=None, **kwargs):
+    def __init__(self, *args, jit_options: Optional[dict] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.estimator == "ars":
             raise NotImplementedError(
@@ -86,7 +87,7 @@ class JitARSM_ELBO(ARSM_ELBO):
                 "diverged optimizer), and use a large negative finite logit rather than -inf.")
         return loss, surrogate
 
-    def loss_and_grads(self, model, guide, *args, **kwargs):
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """Computes the ``-ELBO`` and back-propagates the ARSM surrogate loss, compiled.
 
         :returns: an estimate of ``-ELBO``.
@@ -98,7 +99,8 @@ class JitARSM_ELBO(ARSM_ELBO):
         warn_if_nan(loss, "loss")
         return loss
 
-    def differentiable_loss(self, model, guide, *args, **kwargs):
+    def differentiable_loss(self, model: Callable, guide: Callable, *args,
+                            **kwargs) -> torch.Tensor:
         """A tensor whose value is ``-ELBO`` and whose gradient is the ARSM estimate, compiled."""
         loss, surrogate_loss = self._jit_loss_and_surrogate_loss(model, guide, args, kwargs)
         warn_if_nan(loss, "loss")
