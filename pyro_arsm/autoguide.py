@@ -27,12 +27,12 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoGuide
-from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroModule, PyroParam
 from pyro.ops.tensor_utils import periodic_repeat
 from torch.distributions import constraints
 
+from pyro_arsm._pyro_internals import prototype_hide_fn
 from pyro_arsm._sites import arsm_kind, element_shape_of
 
 __all__ = ["AutoCategorical", "discrete_latent_sites"]

@@ -14,15 +14,14 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.score_parts import ScoreParts
 from pyro.infer.elbo import ELBO
-from pyro.infer.tracegraph_elbo import TrackNonReparam, _compute_elbo
 from pyro.infer.util import MultiFrameTensor, torch_backward, torch_item
 from pyro.ops.provenance import detach_provenance, get_provenance, track_provenance
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 
 from pyro_arsm import estimators as est
+from pyro_arsm._pyro_internals import TrackNonReparam, is_subsample, tracegraph_elbo
 from pyro_arsm._sites import (
     arsm_kind,
     element_shape_of,
@@ -107,7 +106,7 @@ class _ARSMSampler(Messenger):
     def _pyro_sample(self, msg):
         if msg["is_observed"] or msg["done"] or msg["value"] is not None:
             return
-        if isinstance(msg["fn"], _Subsample):
+        if is_subsample(msg["fn"]):
             return
         name = msg["name"]
         kind, base = arsm_kind(msg["fn"])
@@ -397,7 +396,7 @@ class ARSM_ELBO(ELBO):
                 "config_enumerate); ARSM_ELBO samples it and estimates its gradient with ARSM "
                 "instead. Use TraceEnum_ELBO to enumerate it exactly."))
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            if site["type"] != "sample" or is_subsample(site["fn"]):
                 continue
             guide_site = guide_trace.nodes.get(name)
             if site["is_observed"]:
@@ -422,7 +421,7 @@ class ARSM_ELBO(ELBO):
                     "guide."
                 )
         for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            if site["type"] != "sample" or is_subsample(site["fn"]):
                 continue
             if site["is_observed"] or getattr(site["fn"], "has_rsample", False):
                 continue
@@ -509,7 +508,7 @@ class ARSM_ELBO(ELBO):
                 "infer": infer,
                 "score_parts": ScoreParts(parts.log_prob, torch.zeros(()), parts.entropy_term),
             }
-        elbo, surrogate_loss = _compute_elbo(particle.model_trace, guide_trace)
+        elbo, surrogate_loss = tracegraph_elbo(particle.model_trace, guide_trace)
         surrogate_elbo = -surrogate_loss
         for name in particle.noise:
             grad, logits = self._site_grad(particle, name, args, kwargs)
@@ -830,7 +829,7 @@ class _PseudoPass:
         self.dim = -(particle.max_plate_nesting + 1)
         self.model_subsample = {
             n: s for n, s in particle.raw_model_trace.nodes.items()
-            if s["type"] == "sample" and isinstance(s["fn"], _Subsample)
+            if s["type"] == "sample" and is_subsample(s["fn"])
             and n not in particle.raw_guide_trace.nodes
         }
         self.reuse = {n: v for n, v in particle.noise.items() if n in downstream}
@@ -911,7 +910,7 @@ def _signature(model_trace, guide_trace):
 
 def _has_score_function_sites(guide_trace):
     return any(
-        s["type"] == "sample" and not s["is_observed"] and not isinstance(s["fn"], _Subsample)
+        s["type"] == "sample" and not s["is_observed"] and not is_subsample(s["fn"])
         and not getattr(s["fn"], "has_rsample", False) and arsm_kind(s["fn"])[0] is None
         for s in guide_trace.nodes.values()
     )
@@ -936,7 +935,7 @@ class _ValueProvenance(Messenger):
     sampling it would have (a value drawn from logits that depend on ``z`` depends on ``z``)."""
 
     def _pyro_post_sample(self, msg):
-        if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+        if msg["is_observed"] or is_subsample(msg["fn"]):
             return
         provenance = _distribution_provenance(msg["fn"])
         if provenance:
