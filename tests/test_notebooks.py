@@ -37,7 +37,8 @@ def _execute(path, summary_path, timeout=600):
     os.environ["ARSM_NOTEBOOK_SUMMARY"] = str(summary_path)
     try:
         client = nbclient.NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+            nb, timeout=timeout, kernel_name="python3",
+            resources={"metadata": {"path": str(NOTEBOOKS)}},
         )
         client.execute()
     finally:
@@ -72,7 +73,8 @@ def test_notebook_runs_in_smoke_mode(name, methods, tmp_path):
     summary = json.loads(summary_path.read_text())
     assert "smoke" in summary["corpus"]
     reported = summary["methods"]
-    assert methods <= set(reported), f"{name} reported {sorted(reported)}, expected at least {sorted(methods)}"
+    assert methods <= set(reported), (
+        f"{name} reported {sorted(reported)}, expected at least {sorted(methods)}")
     for method, result in reported.items():
         history = result["loss_history"]
         assert len(history) >= 10, (method, len(history))

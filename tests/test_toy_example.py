@@ -1,6 +1,7 @@
 """Smoke test of ``examples/toy.py`` (the paper's univariate toy) with a short run."""
 
 import importlib.util
+import itertools
 import json
 import math
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_writes_plot_and_curves(toy_run):
 def test_true_gradient_increases_expected_f(toy_run):
     curve = toy_run[1]["estimators"]["true"]["expected_f"]
     assert curve[0] == pytest.approx(0.5 + (C + 1) / (2 * C * R))
-    assert all(later > earlier for earlier, later in zip(curve, curve[1:]))
+    assert all(later > earlier for earlier, later in itertools.pairwise(curve))
 
 
 def test_every_curve_is_finite(toy_run):
