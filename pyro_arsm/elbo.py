@@ -556,10 +556,9 @@ class ARSM_ELBO(ELBO):
                 "that depends on it lies outside its plates, or it has .to_event dims), so the "
                 "exact local expectation does not apply; it gets ARSM instead."))
             estimator = "arsm"
-        if estimator == "ar":
-            if kind == "bernoulli":
-                return est.bernoulli_ar_grad(real_cost, noise.noise), logits
-            return est.ar_grad(real_cost, noise.noise), logits
+        if estimator == "ar":  # the real pass is all AR needs
+            return est.estimator_gradient("ar", kind, real_cost.unsqueeze(0), None, noise.noise,
+                                          noise.logits), logits
 
         pseudo = _PseudoPass(particle, spec, kind, cost_shape, downstream, args, kwargs,
                              check_finite=self.check_finite and not self._static)
@@ -570,10 +569,11 @@ class ARSM_ELBO(ELBO):
                 local = est.bernoulli_local_grad if kind == "bernoulli" else est.local_grad
                 return local(column_costs, noise.logits), logits
             return est.arsm_grad_from_columns(column_costs, noise.noise, noise.logits), logits
-        actions, true_row, reference = _estimator_actions(estimator, kind, noise, element_shape,
-                                                          self.num_rloo_samples)
+        actions, true_row, reference = est.estimator_actions(
+            estimator, kind, noise.noise, noise.logits, num_samples=self.num_rloo_samples)
         table = self._action_costs(pseudo, actions, true_row, real_cost, separable)
-        return _estimator_gradient(estimator, kind, table, actions, noise, reference), logits
+        return est.estimator_gradient(estimator, kind, table, actions, noise.noise, noise.logits,
+                                      reference), logits
 
     def _real_cost(self, particle, spec, site, element_shape):
         """The site's cost at the sampled value, from the real pass, and its shape: the site's
@@ -742,46 +742,6 @@ def _same_costs(a, b):
 
 
 _MANY_EVALUATIONS = 4096  # warn once about a site that needs more evaluations per step
-
-
-def _estimator_actions(estimator, kind, noise, element_shape, num_rloo_samples=None):
-    """The whole-site actions ``[R, *elements]`` an estimator needs, the row of the true action
-    and, for ARS, the reference category. The one place that decides them per estimator and
-    site kind (with :func:`_estimator_gradient`; ``"local"`` and a separable site's ``"arsm"``
-    read the per-element table instead)."""
-    if kind == "bernoulli":
-        b, anti_b = est.bernoulli_pair(noise.noise, noise.logits)
-        if estimator == "rloo":
-            # n independent samples (the real one first): RLOO at a chosen budget
-            n = num_rloo_samples or 2
-            u = est.sample_uniform((n - 1,) + element_shape, dtype=b.dtype, device=b.device)
-            extra = (u < torch.sigmoid(noise.logits)).to(b.dtype)
-            return torch.cat([b.unsqueeze(0), extra]), 0, None
-        return torch.stack([b, anti_b]), 0, None
-    C = noise.noise.shape[-1]
-    if estimator == "rloo":
-        true_action = est.categorical_from_log_pi(noise.noise, noise.logits)
-        n = num_rloo_samples or est.num_swap_rows(C)
-        extra = est.sample_categorical(n - 1, noise.logits)  # [n - 1, *elements]
-        return torch.cat([true_action.unsqueeze(0), extra]), 0, None
-    if estimator == "ars":
-        reference = int(torch.randint(C, ()))
-        rows = est.ars_rows(reference, C, device=noise.noise.device)
-        return est.pseudo_actions(noise.noise, noise.logits, rows), reference, reference
-    return est.pseudo_actions(noise.noise, noise.logits), 0, None
-
-
-def _estimator_gradient(estimator, kind, table, actions, noise, reference):
-    """The gradient in the logits from the costs ``table`` of ``actions``."""
-    if kind == "bernoulli":
-        if estimator == "rloo":
-            return est.bernoulli_rloo_grad(table, actions, noise.logits)
-        return est.disarm_grad(table[0], table[1], actions[0], actions[1], noise.logits)
-    if estimator == "rloo":
-        return est.rloo_grad(table, actions, noise.logits)
-    if estimator == "ars":
-        return est.ars_grad(table, noise.noise, reference)
-    return est.arsm_grad(table, noise.noise)
 
 
 def _is_separable(particle, spec, site):

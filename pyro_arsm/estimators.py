@@ -56,6 +56,8 @@ __all__ = [
     "bernoulli_local_grad",
     "swap_actions",
     "arsm_grad_from_columns",
+    "estimator_actions",
+    "estimator_gradient",
     "arsm_gradient",
 ]
 
@@ -525,6 +527,60 @@ def arsm_grad_from_columns(column_costs, log_pi, logits):
 # ---------------------------------------------------------------------------------------------
 
 
+def estimator_actions(estimator, kind, noise, logits, *, num_samples=None, generator=None):
+    """The whole-site actions ``[R, *elements]`` an estimator evaluates, the row of the true
+    action among them and, for ARS, the reference category: the one place that decides them per
+    estimator and site kind (used by ``ARSM_ELBO`` and :func:`arsm_gradient`; ``"local"`` and a
+    separable site's ``"arsm"`` read the per-element table of :func:`column_actions` instead).
+
+    :param str kind: ``"categorical"`` (``noise`` is ``log pi``, ``[*elements, C]``) or
+        ``"bernoulli"`` (``noise`` is ``u``, ``[*elements]``).
+    :param int num_samples: RLOO's samples (default: ``C(C-1)/2 + 1``; 2 for Bernoulli).
+    """
+    if kind == "bernoulli":
+        b, anti_b = bernoulli_pair(noise, logits)
+        if estimator == "rloo":
+            n = num_samples or 2
+            u = sample_uniform((n - 1,) + tuple(b.shape), dtype=b.dtype, device=b.device,
+                               generator=generator)
+            extra = (u < torch.sigmoid(logits)).to(b.dtype)
+            return torch.cat([b.unsqueeze(0), extra]), 0, None
+        if estimator == "ar":
+            return b.unsqueeze(0), 0, None
+        return torch.stack([b, anti_b]), 0, None
+    C = noise.shape[-1]
+    true_action = categorical_from_log_pi(noise, logits)
+    if estimator == "rloo":
+        n = num_samples or num_swap_rows(C)
+        extra = sample_categorical(n - 1, logits.expand(noise.shape), generator=generator)
+        return torch.cat([true_action.unsqueeze(0), extra]), 0, None
+    if estimator == "ar":
+        return true_action.unsqueeze(0), 0, None
+    if estimator == "ars":
+        reference = int(torch.randint(C, (), generator=generator))
+        rows = ars_rows(reference, C, device=noise.device)
+        return pseudo_actions(noise, logits, rows), reference, reference
+    return pseudo_actions(noise, logits), 0, None
+
+
+def estimator_gradient(estimator, kind, costs, actions, noise, logits, reference=None):
+    """The estimate in the logits from the ``costs`` ``[R, ...]`` of the actions
+    :func:`estimator_actions` returned."""
+    if kind == "bernoulli":
+        if estimator == "rloo":
+            return bernoulli_rloo_grad(costs, actions, logits)
+        if estimator == "ar":
+            return bernoulli_ar_grad(costs[0], noise)
+        return disarm_grad(costs[0], costs[1], actions[0], actions[1], logits)
+    if estimator == "rloo":
+        return rloo_grad(costs, actions, logits)
+    if estimator == "ar":
+        return ar_grad(costs[0], noise)
+    if estimator == "ars":
+        return ars_grad(costs, noise, reference)
+    return arsm_grad(costs, noise)
+
+
 def arsm_gradient(logits: torch.Tensor, f: Callable, estimator: str = "arsm", *,
                   num_samples: Optional[int] = None,
                   generator: Optional[torch.Generator] = None, return_action: bool = False):
@@ -557,25 +613,14 @@ def arsm_gradient(logits: torch.Tensor, f: Callable, estimator: str = "arsm", *,
     C = logits.shape[-1]
     log_pi = sample_log_pi(logits.shape[:-1], C, dtype=logits.dtype, device=logits.device,
                            generator=generator)
-    if estimator == "arsm":
-        actions = pseudo_actions(log_pi, logits)
-        g = arsm_grad(f(actions), log_pi)
-    elif estimator == "ars":
-        reference = int(torch.randint(C, (), generator=generator))
-        rows = ars_rows(reference, C, device=logits.device)
-        actions = pseudo_actions(log_pi, logits, rows)
-        g = ars_grad(f(actions), log_pi, reference)
-    elif estimator == "ar":
-        actions = categorical_from_log_pi(log_pi, logits).unsqueeze(0)
-        g = ar_grad(f(actions)[0], log_pi)
-    elif estimator == "rloo":
-        n = num_swap_rows(C) if num_samples is None else num_samples
-        actions = torch.cat([categorical_from_log_pi(log_pi, logits).unsqueeze(0),
-                             sample_categorical(n - 1, logits, generator=generator)])
-        g = rloo_grad(f(actions), actions, logits)
-    elif estimator == "local":
+    if estimator == "local":
         columns = f(column_actions(C, logits.shape[:-1], device=logits.device))
         g = local_grad(columns.expand((C,) + tuple(logits.shape[:-1])), logits)
+    elif estimator in ("arsm", "ars", "ar", "rloo"):
+        actions, _, reference = estimator_actions(estimator, "categorical", log_pi, logits,
+                                                   num_samples=num_samples, generator=generator)
+        g = estimator_gradient(estimator, "categorical", f(actions), actions, log_pi, logits,
+                               reference)
     else:
         raise ValueError(
             f"estimator must be 'arsm', 'ars', 'ar', 'rloo' or 'local', got {estimator!r}")
