@@ -396,67 +396,20 @@ class ARSM_ELBO(ELBO):
             else:
                 grad = est.arsm_grad_from_columns(column_costs, site_noise, detached_logits)
             return grad, logits, _merge_flags(*pseudo.found)
-        draw = (kind, site_noise, detached_logits, reference_key)
-        if estimator == "rloo":
-            grad = self._rloo_grad(draw, real_cost, pseudo.costs)
-        else:
-            grad = self._swap_grad(draw, real_cost, pseudo.cost, pseudo.costs)
+        actions, reference = est.estimator_actions(
+            reference_key, estimator, kind, site_noise, detached_logits,
+            num_samples=self.num_rloo_samples)
+        costs = real_cost[None]  # the true action's, from the real pass
+        if actions.shape[0] > 1:
+            costs = jnp.concatenate([costs, pseudo.costs(actions[1:])])
+        grad = est.estimator_gradient(estimator, kind, costs, actions, site_noise,
+                                      detached_logits, reference)
         return grad, logits, _merge_flags(*pseudo.found)
 
     def _warn_once(self, key, message):
         if key not in self._warned_sites:
             self._warned_sites.add(key)
             warnings.warn(message, stacklevel=7)
-
-    def _rloo_grad(self, draw, real_cost, pseudo_costs):
-        """RLOO: ``n`` independent samples (the real one first), evaluated like pseudo
-        actions."""
-        kind, site_noise, detached_logits, reference_key = draw
-        element_shape = detached_logits.shape if kind == "bernoulli" else site_noise.shape[:-1]
-        sample_key = random.fold_in(reference_key, 1)
-        if kind == "bernoulli":
-            n = self.num_rloo_samples or 2
-            u = est.sample_uniform(sample_key, (n - 1,) + element_shape,
-                                   dtype=detached_logits.dtype)
-            b = est.bernoulli_pair(site_noise, detached_logits)[0]
-            samples = jnp.concatenate(
-                [b[None], (u < jax.nn.sigmoid(detached_logits)).astype(b.dtype)])
-            costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
-            return est.bernoulli_rloo_grad(costs, samples, detached_logits)
-        C = site_noise.shape[-1]
-        n = self.num_rloo_samples or est.num_swap_rows(C)
-        extra = est.sample_categorical(sample_key, n - 1, detached_logits)
-        true_action = est.categorical_from_log_pi(site_noise, detached_logits)
-        samples = jnp.concatenate([true_action[None].astype(jnp.int32), extra])
-        costs = jnp.concatenate([real_cost[None], pseudo_costs(samples[1:])])
-        return est.rloo_grad(costs, samples, detached_logits)
-
-    def _swap_grad(self, draw, real_cost, pseudo_cost, pseudo_costs):
-        """ARSM, ARS, AR (categorical); DisARM, AR (Bernoulli)."""
-        kind, site_noise, detached_logits, reference_key = draw
-        if kind == "bernoulli":
-            if self.estimator == "ar":
-                return est.bernoulli_ar_grad(real_cost, site_noise)
-            b, anti_b = est.bernoulli_pair(site_noise, detached_logits)
-            anti_cost = pseudo_cost(anti_b)
-            return est.disarm_grad(real_cost, anti_cost, b, anti_b, detached_logits)
-        C = site_noise.shape[-1]
-        if self.estimator == "ar":
-            return est.ar_grad(real_cost, site_noise)
-        if self.estimator == "ars":
-            reference = random.randint(reference_key, (), 0, C)
-            # the C - 1 swaps m <-> j, m != j (static shape); m == j is the true action
-            others = jnp.arange(C - 1)
-            others = jnp.where(others < reference, others, others + 1)
-            rows = jnp.take(est.ars_rows(reference, C), others)
-            costs = pseudo_costs(est.pseudo_actions(site_noise, detached_logits, rows))
-            table = jnp.zeros((C,) + costs.shape[1:], costs.dtype)
-            table = table.at[others].set(costs).at[reference].set(real_cost)
-            return est.ars_grad(table, site_noise, reference)
-        rows = jnp.arange(1, est.num_swap_rows(C))
-        actions = est.pseudo_actions(site_noise, detached_logits, rows)
-        table = jnp.concatenate([real_cost[None], pseudo_costs(actions)])
-        return est.arsm_grad(table, site_noise)
 
     # --- validation --------------------------------------------------------------------------
 
@@ -551,13 +504,6 @@ class _PseudoPass:
         model_trace, guide_trace, sampler = self.elbo._run(
             keys, param_map, model, guide, args, kwargs, substitutions={self.name: value})
         return self.cost_of(model_trace, guide_trace), sampler.finite
-
-    def cost(self, action):
-        """The cost at one action."""
-        self.elbo.last_num_pseudo_evaluations += 1
-        cost, finite = self._evaluate(action)
-        self.found.append(finite)
-        return cost
 
     def costs(self, actions):
         """The costs at actions ``[U, *elements]``: ``[U, *cost_shape]``."""

@@ -65,6 +65,8 @@ __all__ = [
     "bernoulli_local_grad",
     "swap_actions",
     "arsm_grad_from_columns",
+    "estimator_actions",
+    "estimator_gradient",
     "arsm_gradient",
 ]
 
@@ -588,6 +590,71 @@ def arsm_grad_from_columns(column_costs, log_pi, logits):
 # ---------------------------------------------------------------------------------------------
 
 
+def estimator_actions(key, estimator, kind, noise, logits, *, num_samples=None):
+    """The whole-site actions ``[R, *elements]`` an estimator evaluates, the true action in row 0
+    (static shapes: a caller with the true action's cost evaluates rows ``1:``), and for ARS the
+    reference category (else ``None``): the one place that decides them per estimator and site
+    kind (used by ``ARSM_ELBO`` and :func:`arsm_gradient`; ``"local"`` and a separable site's
+    ``"arsm"`` read the per-element table of :func:`column_actions` instead).
+
+    :param key: a ``jax.random`` key (ARS's reference, RLOO's extra samples).
+    :param str kind: ``"categorical"`` (``noise`` is ``log pi``, ``[*elements, C]``) or
+        ``"bernoulli"`` (``noise`` is ``u``, ``[*elements]``).
+    :param int num_samples: RLOO's samples (default: ``C(C-1)/2 + 1``; 2 for Bernoulli).
+    """
+    if kind == "bernoulli":
+        b, anti_b = bernoulli_pair(noise, logits)
+        if estimator == "rloo":
+            n = num_samples or 2
+            u = sample_uniform(key, (n - 1,) + jnp.shape(b), dtype=jnp.result_type(logits))
+            extra = (u < jax.nn.sigmoid(logits)).astype(b.dtype)
+            return jnp.concatenate([b[None], extra]), None
+        if estimator == "ar":
+            return b[None], None
+        return jnp.stack([b, anti_b]), None
+    C = noise.shape[-1]
+    true_action = categorical_from_log_pi(noise, logits).astype(jnp.int32)
+    if estimator == "rloo":
+        n = num_samples or num_swap_rows(C)
+        return jnp.concatenate([true_action[None], sample_categorical(key, n - 1, logits)]), None
+    if estimator == "ar":
+        return true_action[None], None
+    if estimator == "ars":
+        reference = jax.random.randint(key, (), 0, C)
+        # row 0 the true action, then the C - 1 swaps m <-> reference, m != reference
+        rows = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                jnp.take(ars_rows(reference, C), _ars_others(reference, C))])
+        return pseudo_actions(noise, logits, rows), reference
+    return pseudo_actions(noise, logits), None
+
+
+def _ars_others(reference, num_categories):
+    """The categories other than ``reference``, in order: int32 ``[C - 1]`` (static shape)."""
+    others = jnp.arange(num_categories - 1)
+    return jnp.where(others < reference, others, others + 1)
+
+
+def estimator_gradient(estimator, kind, costs, actions, noise, logits, reference=None):
+    """The estimate in the logits from the ``costs`` ``[R, ...]`` of the actions
+    :func:`estimator_actions` returned (the true action's first)."""
+    if kind == "bernoulli":
+        if estimator == "rloo":
+            return bernoulli_rloo_grad(costs, actions, logits)
+        if estimator == "ar":
+            return bernoulli_ar_grad(costs[0], noise)
+        return disarm_grad(costs[0], costs[1], actions[0], actions[1], logits)
+    if estimator == "rloo":
+        return rloo_grad(costs, actions, logits)
+    if estimator == "ar":
+        return ar_grad(costs[0], noise)
+    if estimator == "ars":
+        C = noise.shape[-1]
+        table = jnp.zeros((C,) + costs.shape[1:], costs.dtype)
+        table = table.at[_ars_others(reference, C)].set(costs[1:]).at[reference].set(costs[0])
+        return ars_grad(table, noise, reference)
+    return arsm_grad(costs, noise)
+
+
 def arsm_gradient(key: jax.Array, logits: jax.Array, f: Callable, estimator: str = "arsm", *,
                   num_samples: Optional[int] = None, return_action: bool = False):
     """Estimate ``d E_{z ~ Cat(softmax(logits))}[f(z)] / d logits`` for one categorical site.
@@ -625,25 +692,14 @@ def arsm_gradient(key: jax.Array, logits: jax.Array, f: Callable, estimator: str
     C = logits.shape[-1]
     key_pi, key_reference = jax.random.split(key)
     log_pi = sample_log_pi(key_pi, logits.shape[:-1], C, dtype=logits.dtype)
-    if estimator == "arsm":
-        actions = pseudo_actions(log_pi, logits)
-        g = arsm_grad(f(actions), log_pi)
-    elif estimator == "ars":
-        reference = jax.random.randint(key_reference, (), 0, C)
-        rows = ars_rows(reference, C)
-        actions = pseudo_actions(log_pi, logits, rows)
-        g = ars_grad(f(actions), log_pi, reference)
-    elif estimator == "rloo":
-        n = num_swap_rows(C) if num_samples is None else num_samples
-        actions = jnp.concatenate([categorical_from_log_pi(log_pi, logits)[None],
-                                   sample_categorical(key_reference, n - 1, logits)])
-        g = rloo_grad(f(actions), actions, logits)
-    elif estimator == "local":
+    if estimator == "local":
         columns = jnp.asarray(f(column_actions(C, logits.shape[:-1])))
         g = local_grad(jnp.broadcast_to(columns, (C,) + logits.shape[:-1]), logits)
     else:
-        actions = jnp.expand_dims(categorical_from_log_pi(log_pi, logits), 0)
-        g = ar_grad(f(actions)[0], log_pi)
+        actions, reference = estimator_actions(key_reference, estimator, "categorical", log_pi,
+                                               logits, num_samples=num_samples)
+        g = estimator_gradient(estimator, "categorical", jnp.asarray(f(actions)), actions,
+                               log_pi, logits, reference)
     if return_action:
         return g, categorical_from_log_pi(log_pi, logits)
     return g
