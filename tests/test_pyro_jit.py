@@ -1,7 +1,6 @@
 """JitARSM_ELBO: unbiased like ARSM_ELBO on the models its restrictions allow, compiled once, and
 clear errors on models it cannot compile."""
 
-import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -14,7 +13,6 @@ from pyro_models import (
     PLATED_DATA,
     VAE_DATA,
     VAE_PARAMS,
-    Encoder,
     bernoulli_guide,
     bernoulli_model,
     chain_guide,
@@ -28,17 +26,12 @@ from pyro_models import (
 
 from pyro_arsm import JitARSM_ELBO
 
-
-@pytest.fixture(autouse=True)
-def _fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    pyro.enable_validation(True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace is deprecated
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
-    pyro.clear_param_store()
+pytestmark = [
+    pytest.mark.usefixtures("fresh_param_store"),
+    # torch.jit.trace is deprecated in torch 2.13 (it still works), and tracing Pyro warns
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
 
 
 def jit_draws(model, guide, names, args, mpn, particles=200, draws=40, model_kwargs=None,
@@ -88,8 +81,7 @@ def test_unbiased_bernoulli_plate():
 
 
 def test_unbiased_model_and_guide_networks():
-    torch.manual_seed(1)
-    pyro_models.ENCODER, pyro_models.DECODER = Encoder(), torch.nn.Linear(3, 4)
+    pyro_models.make_vae_networks(seed=1)
     model, guide = pyro_models.vae_model, pyro_models.vae_guide
     init(model, guide, VAE_DATA)
     exact, _ = enum_gradient(model, guide, VAE_PARAMS, 1, VAE_DATA)
