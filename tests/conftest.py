@@ -4,7 +4,8 @@ The suite runs under ``pytest -n 2`` on two cores: one intra-op thread per worke
 torch's default (one thread per core) the workers' OpenMP threads compete, and the many tiny ops
 of the Pyro tests ran up to 8x slower.
 
-Shared helpers live next to this file and are imported as top-level modules: ``pyro_exact`` /
+Shared helpers live next to this file and are imported as top-level modules (``pythonpath`` in
+pyproject.toml puts ``tests/``, ``examples/`` and ``benchmarks/`` on the path): ``pyro_exact`` /
 ``numpyro_exact`` (exact references and the one z-test per backend) and ``pyro_models`` /
 ``numpyro_models`` (the test models used by more than one test module).
 
@@ -14,12 +15,10 @@ global generator for tests of the bare estimators.
 """
 
 import os
-import sys
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, os.path.dirname(__file__))  # the shared test helpers (pyro_exact, ...)
 
 try:
     import torch

