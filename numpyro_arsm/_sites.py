@@ -40,9 +40,14 @@ def site_logits(kind, base, element_shape):
     return jnp.broadcast_to(logits, element_shape + logits.shape[-1:])
 
 
-def value_from_action(kind, action, num_categories, dtype):
-    """NumPyro's value for an action: the index (Categorical) or 0/1 (Bernoulli), as int32."""
-    return jnp.asarray(action).astype(jnp.int32)
+def value_from_action(kind, action, num_categories, dtype=jnp.int32):
+    """NumPyro's value for an action: the index (Categorical) or 0/1 (Bernoulli), as ``dtype``.
+
+    ``kind`` and ``num_categories`` are those of Pyro's function of the same name: NumPyro has
+    no one-hot categorical, so every kind's value is the action itself.
+    """
+    del kind, num_categories
+    return jnp.asarray(action).astype(dtype)
 
 
 def event_ndims(fn):

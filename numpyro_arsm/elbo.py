@@ -27,7 +27,13 @@ from numpyro.primitives import Messenger
 from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_arsm import estimators as est
-from numpyro_arsm._sites import arsm_kind, element_shape_of, elementwise_log_prob, site_logits
+from numpyro_arsm._sites import (
+    arsm_kind,
+    element_shape_of,
+    elementwise_log_prob,
+    site_logits,
+    value_from_action,
+)
 
 __all__ = ["ARSM_ELBO"]
 
@@ -149,11 +155,11 @@ class _ARSMSampler(Messenger):
         key = random.fold_in(self.noise_key, _site_hash(name))
         if kind == "bernoulli":
             noise = est.sample_uniform(key, element_shape, dtype=logits.dtype)
-            value = est.bernoulli_pair(noise, logits)[0].astype(jnp.int32)
+            action = est.bernoulli_pair(noise, logits)[0]
         else:
             noise = est.sample_log_pi(key, element_shape, logits.shape[-1], dtype=logits.dtype)
-            value = est.categorical_from_log_pi(noise, logits).astype(jnp.int32)
-        msg["value"] = value
+            action = est.categorical_from_log_pi(noise, logits)
+        msg["value"] = value_from_action(kind, action, logits.shape[-1])
         self.noise[name] = _SiteNoise(kind, noise, logits)
 
 
@@ -374,7 +380,7 @@ class ARSM_ELBO(ELBO):
         site_noise, detached_logits = noise[name].noise, noise[name].logits
         element_shape = element_shape_of(kind, fn)
         logits = site_logits(kind, base, element_shape)
-        pseudo = _PseudoPass(self, name, guide_trace[name], element_shape, model_deps,
+        pseudo = _PseudoPass(self, name, kind, guide_trace[name], element_shape, model_deps,
                              guide_deps, (keys, param_map, model, guide, args, kwargs))
         real_cost = pseudo.cost_of(model_trace, guide_trace)
         estimator = self.estimator
@@ -480,8 +486,8 @@ class _PseudoPass:
     ``jax.lax.map`` with ``pseudo_map="map"``), counting the evaluations and keeping the
     finiteness flags of the passes (returned, checked once per loss)."""
 
-    def __init__(self, elbo, name, site, element_shape, model_deps, guide_deps, run_args):
-        self.elbo, self.name = elbo, name
+    def __init__(self, elbo, name, kind, site, element_shape, model_deps, guide_deps, run_args):
+        self.elbo, self.name, self.kind = elbo, name, kind
         self.model_deps, self.guide_deps = model_deps, guide_deps
         self.run_args = run_args  # (keys, param_map, model, guide, args, kwargs)
         fn = site["fn"]
@@ -499,7 +505,7 @@ class _PseudoPass:
                                         self.element_shape))
 
     def _evaluate(self, action):
-        value = action.reshape(self.value_shape).astype(jnp.int32)
+        value = value_from_action(self.kind, action.reshape(self.value_shape), None)
         keys, param_map, model, guide, args, kwargs = self.run_args
         model_trace, guide_trace, sampler = self.elbo._run(
             keys, param_map, model, guide, args, kwargs, substitutions={self.name: value})

@@ -607,38 +607,34 @@ class ARSM_ELBO(ELBO):
 
         Each distinct action is evaluated once and the true action reuses the real pass; a
         separable site's costs are read off its per-element table where that takes fewer
-        evaluations."""
+        evaluations. Static shapes (:class:`~pyro_arsm.JitARSM_ELBO`): every action is taken as
+        distinct (no data-dependent ``torch.unique``)."""
         name = pseudo.spec.name
-        if self._static:  # static shapes: every action but the true one, no deduplication
-            if separable and pseudo.num_categories <= actions.shape[0] - 1:
-                column_costs = self._column_costs(pseudo, pseudo.particle.noise[name], real_cost)
-                return est.costs_from_columns(column_costs, actions)
-            others = [r for r in range(actions.shape[0]) if r != true_row]
-            self.last_num_pseudo_evaluations += len(others)
-            costs = self._pseudo_costs(pseudo, actions[true_row], actions[others], real_cost)
-            return torch.cat([costs[:true_row], real_cost.unsqueeze(0), costs[true_row:]])
-        flat = actions.reshape(actions.shape[0], -1)
-        unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
-        unique = unique.reshape((unique.shape[0],) + tuple(actions.shape[1:]))
-        true_unique = int(inverse[true_row])
-        others = [u for u in range(unique.shape[0]) if u != true_unique]
+        if self._static:
+            distinct, inverse, true_index = actions, None, true_row
+        else:
+            flat = actions.reshape(actions.shape[0], -1)
+            distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)
+            distinct = distinct.reshape((distinct.shape[0],) + tuple(actions.shape[1:]))
+            true_index = int(inverse[true_row])
+        others = [u for u in range(distinct.shape[0]) if u != true_index]
         if separable and pseudo.num_categories <= len(others):
             column_costs = self._column_costs(pseudo, pseudo.particle.noise[name], real_cost)
             return est.costs_from_columns(column_costs, actions)
-        unique_costs = real_cost.new_empty((unique.shape[0],) + tuple(real_cost.shape))
-        unique_costs[true_unique] = real_cost
-        if others:
-            if len(others) > _MANY_EVALUATIONS:
-                self._warn_once(("many", name), (
-                    f"ARSM_ELBO: guide site '{name}' needs {len(others)} model evaluations per "
-                    "step (whole-site swaps of a site whose cost is not element-separable). "
-                    "Bound the memory with pseudo_batch_size, or use estimator='ars' (C "
-                    "evaluations) or 'rloo' with a small num_rloo_samples; estimator='local' "
-                    "needs a separable cost."))
-            self.last_num_pseudo_evaluations += len(others)
-            unique_costs[others] = self._pseudo_costs(pseudo, unique[true_unique],
-                                                      unique[others], real_cost)
-        return unique_costs[inverse]
+        if len(others) > _MANY_EVALUATIONS:
+            self._warn_once(("many", name), (
+                f"ARSM_ELBO: guide site '{name}' needs {len(others)} model evaluations per "
+                "step (whole-site swaps of a site whose cost is not element-separable). "
+                "Bound the memory with pseudo_batch_size, or use estimator='ars' (C "
+                "evaluations) or 'rloo' with a small num_rloo_samples; estimator='local' "
+                "needs a separable cost."))
+        self.last_num_pseudo_evaluations += len(others)
+        parts = [real_cost.unsqueeze(0)]
+        if others:  # the distinct actions' costs in order, the real pass's at true_index
+            costs = self._pseudo_costs(pseudo, distinct[true_index], distinct[others], real_cost)
+            parts = [costs[:true_index], parts[0], costs[true_index:]]
+        distinct_costs = torch.cat(parts)
+        return distinct_costs if inverse is None else distinct_costs[inverse]
 
     def _pseudo_costs(self, pseudo, true_action, actions, real_cost):
         """Costs ``[U, *cost_shape]`` of a site at ``U`` pseudo actions ``[U, *elements]``.
