@@ -109,41 +109,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--backend", choices=["pyro", "numpyro"], default="pyro")
-    parser.add_argument("--rloo-samples", type=int, default=46,
-                        help="samples per site for rloo (46 = ARSM's budget)")
-    parser.add_argument("--dataset", choices=["digits", "mnist5k"], default="digits")
-    parser.add_argument("--layers", type=int, choices=[1, 2], default=1,
-                        help="stochastic layers")
+    vae_training.add_training_arguments(parser, out=Path(__file__).resolve().parent / "out")
     parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET,
                         help="seconds of training steps per estimator")
     parser.add_argument("--steps", type=int, default=None,
                         help="also stop each estimator after this many steps (default: none)")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="minibatch size (default: 200 for mnist5k, 100 for digits)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initialization, minibatches and sampling")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                        help="torch device (pyro only; default cpu). NumPyro runs on JAX's "
-                             "default device: choose it with JAX_PLATFORMS=cpu or cuda")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
-                        help="output folder")
     parser.add_argument("--eval-every", type=parse_eval_every, default=None,
                         help="test -ELBO every N steps (e.g. 100) or N training seconds (e.g. "
                              f"5s) (default: budget/{EVAL_POINTS} seconds)")
     args = parser.parse_args(argv)
-    if args.backend == "numpyro" and args.device is not None:
-        parser.error("--device applies to --backend pyro only; NumPyro runs on JAX's default "
-                     "device (select it with the environment variable JAX_PLATFORMS=cpu or cuda).")
-    if args.time_budget <= 0:
-        parser.error(f"--time-budget must be positive, got {args.time_budget}")
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be positive, got {args.steps}")
-    if args.rloo_samples < 2:
-        parser.error(f"--rloo-samples must be at least 2, got {args.rloo_samples}")
-    if args.batch is None:
-        args.batch = 200 if args.dataset == "mnist5k" else 100
+    vae_training.check_training_arguments(parser, args)
     if args.eval_every is None:
         args.eval_every = ("seconds", args.time_budget / EVAL_POINTS)
     return args

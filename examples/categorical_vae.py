@@ -43,6 +43,8 @@ from vae_training import (  # noqa: E402
     ESTIMATORS,
     RUNNING_MEAN_STEPS,
     TEST_PARTICLES,
+    add_training_arguments,
+    check_training_arguments,
     make_trainer,
     parse_eval_every,
     setting,
@@ -84,49 +86,23 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--backend", choices=["pyro", "numpyro"], default="pyro")
+    add_training_arguments(parser, out=Path(__file__).resolve().parent / "out")
     parser.add_argument("--estimator", choices=list(ESTIMATORS["pyro"]), default="arsm",
                         help="gradient estimator (see vae_training.py)")
-    parser.add_argument("--rloo-samples", type=int, default=46,
-                        help="samples per site for --estimator rloo (46 = ARSM's budget)")
-    parser.add_argument("--dataset", choices=["digits", "mnist5k"], default="digits")
-    parser.add_argument("--layers", type=int, choices=[1, 2], default=1,
-                        help="stochastic layers")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"training steps (default: {DEFAULT_STEPS} unless --time-budget is "
                              "given)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds of training steps; stop when exceeded (default: none)")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="minibatch size (default: 200 for mnist5k, 100 for digits)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initialization, minibatches and sampling")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                        help="torch device (pyro only; default cpu). NumPyro runs on JAX's "
-                             "default device: choose it with JAX_PLATFORMS=cpu or cuda")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
-                        help="output folder")
     parser.add_argument("--eval-every", type=parse_eval_every, default=("steps", 100),
                         help="test -ELBO every N steps (e.g. 100) or N training seconds (e.g. "
                              "5s)")
     args = parser.parse_args(argv)
-
     if args.backend == "numpyro" and args.estimator == "gumbel":
         parser.error("--estimator gumbel: NumPyro has no straight-through Gumbel-softmax "
                      "distribution (Pyro's RelaxedOneHotCategoricalStraightThrough has no NumPyro "
                      "counterpart); use --backend pyro for gumbel, or another estimator.")
-    if args.backend == "numpyro" and args.device is not None:
-        parser.error("--device applies to --backend pyro only; NumPyro runs on JAX's default "
-                     "device (select it with the environment variable JAX_PLATFORMS=cpu or cuda).")
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be positive, got {args.steps}")
-    if args.time_budget is not None and args.time_budget <= 0:
-        parser.error(f"--time-budget must be positive, got {args.time_budget}")
-    if args.rloo_samples < 2:
-        parser.error(f"--rloo-samples must be at least 2, got {args.rloo_samples}")
-    if args.batch is None:
-        args.batch = 200 if args.dataset == "mnist5k" else 100
+    check_training_arguments(parser, args)
     if args.steps is None and args.time_budget is None:
         args.steps = DEFAULT_STEPS
     return args

@@ -31,6 +31,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -331,3 +332,38 @@ def parse_eval_every(text):
     raise argparse.ArgumentTypeError(
         f"--eval-every takes a positive number of steps (e.g. 100) or of training seconds "
         f"(e.g. 5s), got {text!r}")
+
+
+def add_training_arguments(parser, out):
+    """The options of one training run that ``categorical_vae.py`` and
+    ``benchmarks/vae_compare.py`` share (``out``: the default output folder)."""
+    parser.add_argument("--backend", choices=["pyro", "numpyro"], default="pyro")
+    parser.add_argument("--rloo-samples", type=int, default=46,
+                        help="samples per site for the rloo estimator (46 = ARSM's budget)")
+    parser.add_argument("--dataset", choices=["digits", "mnist5k"], default="digits")
+    parser.add_argument("--layers", type=int, choices=[1, 2], default=1,
+                        help="stochastic layers")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="minibatch size (default: 200 for mnist5k, 100 for digits)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initialization, minibatches and sampling")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="torch device (pyro only; default cpu). NumPyro runs on JAX's "
+                             "default device: choose it with JAX_PLATFORMS=cpu or cuda")
+    parser.add_argument("--out", type=Path, default=out, help="output folder")
+
+
+def check_training_arguments(parser, args):
+    """Exit with a clear message on options that do not go together; fill in ``args.batch``."""
+    if args.backend == "numpyro" and args.device is not None:
+        parser.error("--device applies to --backend pyro only; NumPyro runs on JAX's default "
+                     "device (select it with the environment variable JAX_PLATFORMS=cpu or cuda).")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be positive, got {args.steps}")
+    if args.time_budget is not None and args.time_budget <= 0:
+        parser.error(f"--time-budget must be positive, got {args.time_budget}")
+    if args.rloo_samples < 2:
+        parser.error(f"--rloo-samples must be at least 2, got {args.rloo_samples}")
+    if args.batch is None:
+        args.batch = 200 if args.dataset == "mnist5k" else 100
