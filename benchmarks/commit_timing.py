@@ -7,8 +7,9 @@ The model, data and initial weights are this tree's (``examples/vae_models.py``,
 ``examples/_vae_data.py``), so only the packages differ. The two commits alternate, round after
 round, so that drifts in the machine's load fall on both alike.
 
-Setting: one stochastic layer of 20 x 10 categoricals, encoder 64-512-256-200, decoder
-200-256-512-64, the digits training split, batch ``--batch``, Adam(1e-3), ``ARSM_ELBO()`` with
+Setting: one stochastic layer of 20 x 10 categoricals, encoder D-512-256-200, decoder
+200-256-512-D, the training split of ``--dataset`` (``digits``, D = 64, or ``mnist5k``, D = 784,
+binarized at 0.5), batch ``--batch``, Adam(1e-3), ``ARSM_ELBO()`` with
 its defaults. Pyro: ``SVI.step``. NumPyro: ``jax.jit(svi.update)`` (compiled before timing).
 
 Usage, from the repository root::
@@ -34,18 +35,20 @@ ROOT = Path(__file__).resolve().parent.parent
 WARMUP_STEPS = 3
 
 
-def child(backend, steps, batch, seed):
+def child(backend, steps, batch, seed, dataset_name):
     """Run in the timing process: ``steps`` timed steps after ``WARMUP_STEPS`` untimed ones;
     prints one JSON line."""
     import numpy as np
     from _examples import vae_data, vae_models  # this tree's model and data
 
-    dataset = vae_data.load_dataset("digits")
+    dataset = vae_data.load_dataset(dataset_name)
+    images = (dataset.train > 0.5).astype(np.float32)  # mnist5k's are probabilities
     weights = vae_models.initial_weights(dataset.num_pixels, layers=1, seed=seed)
     rng = np.random.default_rng(seed)
-    batches = [dataset.train[rng.choice(len(dataset.train), batch, replace=False)]
+    batches = [images[rng.choice(len(images), batch, replace=False)]
                for _ in range(WARMUP_STEPS + steps)]
-    step = _pyro_step(weights, seed) if backend == "pyro" else _numpyro_step(weights, seed, batch)
+    step = (_pyro_step(weights, seed) if backend == "pyro" else
+            _numpyro_step(weights, seed, batch, dataset.num_pixels))
     times = []
     for i, x in enumerate(batches):
         start = time.perf_counter()
@@ -72,7 +75,7 @@ def _pyro_step(weights, seed):
     return lambda x: svi.step(torch.as_tensor(x))
 
 
-def _numpyro_step(weights, seed, batch):
+def _numpyro_step(weights, seed, batch, num_pixels):
     import jax
     import jax.numpy as jnp
     import numpyro.infer
@@ -83,7 +86,7 @@ def _numpyro_step(weights, seed, batch):
 
     model, guide = vae_models.numpyro_vae(weights, layers=1)
     svi = numpyro.infer.SVI(model, guide, optax.adam(1e-3), loss=ARSM_ELBO())
-    example = jnp.zeros((batch, 64), jnp.float32)
+    example = jnp.zeros((batch, num_pixels), jnp.float32)
     state = [svi.init(jax.random.PRNGKey(seed), example)]
     update = jax.jit(svi.update).lower(state[0], example).compile()
 
@@ -108,7 +111,8 @@ def time_once(tree, backend, args):
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1",
                XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     out = subprocess.run([sys.executable, __file__, "--child", backend, "--steps",
-                          str(args.steps), "--batch", str(args.batch), "--seed", str(args.seed)],
+                          str(args.steps), "--batch", str(args.batch), "--seed", str(args.seed),
+                          "--dataset", args.dataset],
                          env=env, check=True, capture_output=True, text=True, cwd=tree).stdout
     result = json.loads(out.strip().splitlines()[-1])
     if not result["package"].startswith(str(tree)):
@@ -117,7 +121,7 @@ def time_once(tree, backend, args):
 
 
 def table(results, commits, args):
-    lines = [f"Categorical VAE step, digits, batch {args.batch}, ARSM_ELBO() defaults, one "
+    lines = [f"Categorical VAE step, {args.dataset}, batch {args.batch}, ARSM_ELBO() defaults, one "
              f"thread; {args.rounds} alternating rounds x {args.steps} steps per commit; "
              f"{platform.machine()} with {os.cpu_count()} CPUs, load average "
              f"{os.getloadavg()[0]:.1f} at the end; {time.strftime('%Y-%m-%d')}", "",
@@ -143,11 +147,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", choices=["digits", "mnist5k"], default="digits")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument("--child", choices=["pyro", "numpyro"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return child(args.child, args.steps, args.batch, args.seed)
+        return child(args.child, args.steps, args.batch, args.seed, args.dataset)
 
     backends = args.backends.split(",")
     results = {b: {"base": [], "head": []} for b in backends}
@@ -171,7 +176,7 @@ def main(argv=None):
     text = table(results, commits, args)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"commit_timing_{commits['base'][:7]}_{commits['head'][:7]}"
+    stem = args.out / f"commit_timing_{args.dataset}_{commits['base'][:7]}_{commits['head'][:7]}"
     stem.with_suffix(".md").write_text(text + "\n")
     stem.with_suffix(".json").write_text(json.dumps(
         {"commits": commits, "args": {k: str(v) for k, v in vars(args).items()},
