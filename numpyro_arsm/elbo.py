@@ -154,12 +154,14 @@ class _ARSMSampler(Messenger):
             self.finite[name] = jnp.all(jnp.isfinite(logits))
         key = random.fold_in(self.noise_key, _site_hash(name))
         if kind == "bernoulli":
+            num_categories = 2
             noise = est.sample_uniform(key, element_shape, dtype=logits.dtype)
             action = est.bernoulli_pair(noise, logits)[0]
         else:
-            noise = est.sample_log_pi(key, element_shape, logits.shape[-1], dtype=logits.dtype)
+            num_categories = logits.shape[-1]
+            noise = est.sample_log_pi(key, element_shape, num_categories, dtype=logits.dtype)
             action = est.categorical_from_log_pi(noise, logits)
-        msg["value"] = value_from_action(kind, action, logits.shape[-1])
+        msg["value"] = value_from_action(kind, action, num_categories)
         self.noise[name] = _SiteNoise(kind, noise, logits)
 
 
