@@ -20,7 +20,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 
+from pyro_arsm import _noise
 from pyro_arsm import estimators as est
+from pyro_arsm._programs import ProgramCache
 from pyro_arsm._pyro_internals import TrackNonReparam, is_subsample, tracegraph_elbo
 from pyro_arsm._sites import (
     arsm_kind,
@@ -40,15 +42,17 @@ _ESTIMATORS = ("arsm", "ars", "ar", "rloo", "local")
 #   kind: "categorical" | "onehot" | "bernoulli"
 #   noise: log pi [*elements, C] (categorical, one-hot) or u [*elements] (Bernoulli)
 #   logits: detached logits broadcast to [*elements, C] or [*elements]
-#   rng_state: torch RNG state right after the noise was drawn (for common random numbers)
-_SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits", "rng_state"])
+_SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits"])
 
 # One particle: the (possibly particle-vectorized) model and guide, their traces and ARSM noise.
 _Particle = namedtuple(
     "_Particle",
     ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
-     "noise", "max_plate_nesting", "deps", "signature"],
+     "noise", "stream_seed", "max_plate_nesting", "deps", "signature", "program"],
 )
+# program: the ProgramState of this model and guide (cached dependencies, pseudo-pass modes)
+# stream_seed: the seed of the guide sites' random streams in this particle (None on the compiled
+# path); a pseudo pass re-samples downstream sites from the same streams (common random numbers).
 # deps: None (read the dependencies from provenance on the traces) or, when cached, a dict
 # site -> (model_deps, guide_deps, downstream) of frozensets of site names.
 # signature: the model structure (site names, types, shapes), the key of what is remembered
@@ -90,9 +94,16 @@ class _ARSMSampler(Messenger):
     With ``reuse``, sites already in ``reuse`` are drawn from that noise instead (broadcast over
     any new batch dims): in a pseudo pass this gives downstream discrete sites common random
     numbers with the real pass.
+
+    With ``stream_seed``, every site that draws draws from a stream of its own
+    (:mod:`pyro_arsm._noise`), so that a pseudo pass given the real pass's seed re-samples each
+    downstream site from the random numbers it had in the real pass; ``broadcast`` maps the sites
+    re-sampled in a batched pseudo pass to their :class:`~pyro_arsm._noise.BroadcastNoise`
+    arguments. ``stream_seed=None`` (the compiled path) draws from torch's global stream.
     """
 
-    def __init__(self, reuse=None, record_rng=False, check_finite=True, defer_finite=False):
+    def __init__(self, reuse=None, check_finite=True, defer_finite=False, stream_seed=None,
+                 broadcast=None):
         super().__init__()
         self.check_finite = check_finite
         # defer_finite (compiled path): keep a boolean tensor per site instead of branching on it
@@ -101,7 +112,13 @@ class _ARSMSampler(Messenger):
         self.noise = {}
         self.enumerated = set()
         self.reuse = reuse or {}
-        self.record_rng = record_rng
+        self.stream_seed = stream_seed
+        self.broadcast = broadcast or {}
+
+    def _stream(self, name):
+        if self.stream_seed is None:
+            return contextlib.nullcontext()
+        return _noise.site_stream(self.stream_seed, name)
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or msg["done"] or msg["value"] is not None:
@@ -117,6 +134,12 @@ class _ARSMSampler(Messenger):
             self.enumerated.add(name)
             msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
         if kind is None:
+            if self.stream_seed is not None:  # sampled here, as Pyro would, on its own stream
+                shared = (_noise.BroadcastNoise(*self.broadcast[name]) if name in self.broadcast
+                          else contextlib.nullcontext())
+                with self._stream(name), shared:
+                    msg["value"] = msg["fn"](*msg["args"], **msg["kwargs"])
+                msg["done"] = True
             return
         element_shape = element_shape_of(kind, msg["fn"])
         logits = site_logits(kind, base, element_shape).detach()
@@ -134,10 +157,13 @@ class _ARSMSampler(Messenger):
             kind, noise = self.reuse[name].kind, self.reuse[name].noise
             noise = noise.expand(logits.shape)
         elif kind == "bernoulli":
-            noise = est.sample_uniform(element_shape, dtype=logits.dtype, device=logits.device)
+            with self._stream(name):
+                noise = est.sample_uniform(element_shape, dtype=logits.dtype,
+                                           device=logits.device)
         else:
-            noise = est.sample_log_pi(element_shape, logits.shape[-1], dtype=logits.dtype,
-                                      device=logits.device)
+            with self._stream(name):
+                noise = est.sample_log_pi(element_shape, logits.shape[-1], dtype=logits.dtype,
+                                          device=logits.device)
         if kind == "bernoulli":
             value = est.bernoulli_pair(noise, logits)[0]
         else:
@@ -149,22 +175,7 @@ class _ARSMSampler(Messenger):
         # of it (TrackNonReparam adds the site's own name afterwards).
         msg["value"] = track_provenance(value, get_provenance(base.logits))
         msg["done"] = True
-        rng_state = torch.get_rng_state() if self.record_rng else None
-        self.noise[name] = _SiteNoise(kind, noise, logits, rng_state)
-
-
-class _RestoreRNGAfter(Messenger):
-    """Sets the torch RNG state right after a given site, so that the sites downstream of it see
-    the random numbers they saw in the real pass (common random numbers, sequential path)."""
-
-    def __init__(self, name, rng_state):
-        super().__init__()
-        self.name = name
-        self.rng_state = rng_state
-
-    def _pyro_post_sample(self, msg):
-        if msg["name"] == self.name and self.rng_state is not None:
-            torch.set_rng_state(self.rng_state)
+        self.noise[name] = _SiteNoise(kind, noise, logits)
 
 
 def _with_pseudo_plate(fn, size, dim):
@@ -307,12 +318,11 @@ class ARSM_ELBO(ELBO):
         self.check_finite = check_finite
         self.warn_score_function = warn_score_function
         self._warned_sites = set()
-        # (model key, structure signature, site) -> "batched" | "sequential": how that site's
-        # pseudo actions are evaluated, decided by the check on the first step of a structure
-        self._pseudo_mode = {}
         self.cache_dependencies = cache_dependencies
-        self._dep_cache = {}
-        self._model_key = None
+        # what is learnt per model and guide: dependencies, how each site's pseudo actions are
+        # evaluated (decided by the check on the first step of a structure), autograd needs
+        self._programs = ProgramCache()
+        self._program = None  # the state of the program of the current call
         # static (JitARSM_ELBO): every step runs the same tensor ops, with no branch on values
         self._static = False
         self._finite_flags = []
@@ -330,11 +340,10 @@ class ARSM_ELBO(ELBO):
         # Dependencies (which costs depend on which site) come from provenance tracking, as in
         # TraceGraph_ELBO. Tracking every op is slow, so by default it runs once per model
         # structure, on a replay of the sampled values, and is cached.
-        entry = self._dep_cache.setdefault(
-            self._model_key, {"provenance": not self.cache_dependencies, "deps": {}})
-        sampler = _ARSMSampler(record_rng=self.vectorize_pseudo is not True and not self._static,
-                               check_finite=self.check_finite, defer_finite=self._static)
-        with TrackNonReparam() if entry["provenance"] else contextlib.nullcontext():
+        program = self._program
+        sampler = _ARSMSampler(check_finite=self.check_finite, defer_finite=self._static,
+                               stream_seed=None if self._static else _noise.new_stream_seed())
+        with TrackNonReparam() if program.provenance else contextlib.nullcontext():
             with sampler:
                 raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             raw_model_trace = poutine.trace(
@@ -346,18 +355,21 @@ class ARSM_ELBO(ELBO):
 
         deps = None
         signature = _signature(raw_model_trace, raw_guide_trace)
-        if not entry["provenance"]:
-            deps = entry["deps"].get(signature)
+        if not program.provenance:
+            deps = program.deps.get(signature)
             if deps is None:
-                raw_guide_trace, raw_model_trace = _replay_with_provenance(
+                # (the real traces stay as they are: a partially reparameterized distribution
+                # computes its score parts from the value it sampled, not from a replayed one)
+                replayed_guide_trace, replayed_model_trace = _replay_with_provenance(
                     model, guide, raw_guide_trace, args, kwargs)
-                if _has_score_function_sites(raw_guide_trace):
+                if _has_score_function_sites(replayed_guide_trace):
                     # TraceGraph's score-function terms read provenance on every step
-                    entry["provenance"] = True
+                    program.provenance = True
                 else:
-                    deps = _dependencies(raw_model_trace, raw_guide_trace, sampler.noise)
-                    entry["deps"][signature] = deps
-        if self._static and entry["provenance"]:
+                    deps = _dependencies(replayed_model_trace, replayed_guide_trace,
+                                         sampler.noise)
+                    program.deps[signature] = deps
+        if self._static and program.provenance:
             raise NotImplementedError(
                 f"{type(self).__name__} needs the dependencies of every ARSM site cached once per "
                 "model structure: it does not support guides with score-function sites (neither "
@@ -378,10 +390,12 @@ class ARSM_ELBO(ELBO):
         if self.max_plate_nesting != float("inf"):
             nesting = max(nesting, self.max_plate_nesting)
         return _Particle(model, guide, model_trace, guide_trace, raw_guide_trace,
-                         raw_model_trace, sampler.noise, nesting, deps, signature)
+                         raw_model_trace, sampler.noise, sampler.stream_seed, nesting, deps,
+                         signature, program)
 
     def _get_traces(self, model, guide, args, kwargs):
-        self._model_key = (id(model), id(guide))
+        self._program = self._programs.get(model, guide,
+                                           provenance=not self.cache_dependencies)
         yield from super()._get_traces(model, guide, args, kwargs)
 
     def _warn_once(self, key, message):
@@ -646,12 +660,13 @@ class ARSM_ELBO(ELBO):
         name = pseudo.spec.name
         if self.vectorize_pseudo is False:
             return pseudo.sequential(actions)
-        key = (self._model_key, pseudo.particle.signature, name)
-        mode = self._pseudo_mode.get(key)
+        modes = pseudo.particle.program.pseudo_mode
+        key = (pseudo.particle.signature, name)
+        mode = modes.get(key)
         if mode is None:
             check_rows = torch.cat([true_action.unsqueeze(0), actions[:_NUM_CHECK_ROWS - 1]])
             problem = self._check_batched(pseudo, check_rows, real_cost)
-            mode = self._pseudo_mode[key] = "batched" if problem is None else "sequential"
+            mode = modes[key] = "batched" if problem is None else "sequential"
             if problem is not None:
                 self._batched_failed(name, problem, actions.shape[0], pseudo.dim)
         if self._static:
@@ -665,7 +680,7 @@ class ARSM_ELBO(ELBO):
             try:
                 return self._batched_costs(pseudo, actions)
             except Exception as e:  # the check passed on fewer rows or another step's data
-                self._pseudo_mode[key] = "sequential"
+                modes[key] = "sequential"
                 self._batched_failed(name, _failure(e),
                                      actions.shape[0], pseudo.dim, e)
         return pseudo.sequential(actions)
@@ -792,6 +807,12 @@ class _PseudoPass:
         noise = particle.noise[spec.name]
         self.num_categories = noise.noise.shape[-1] if kind != "bernoulli" else 2
 
+    def _sampler(self, broadcast=None):
+        """The sampler of a pseudo pass: downstream discrete sites re-use their noise, the
+        others draw from their real-pass streams (``broadcast`` over the pseudo actions)."""
+        return _ARSMSampler(reuse=self.reuse, check_finite=self.check_finite,
+                            stream_seed=self.particle.stream_seed, broadcast=broadcast)
+
     def _values(self, actions):
         dtype = self.particle.noise[self.spec.name].logits.dtype
         return value_from_action(self.kind, actions, self.num_categories, dtype)
@@ -817,10 +838,13 @@ class _PseudoPass:
         model = _with_pseudo_plate(self.particle.model, U, self.dim)
         # Pseudo values are valid by construction and the real pass was validated: skip the
         # distributions' argument checks, which cost as much as the decoder on large sites.
+        broadcast = {n: (U, -self.dim + len(s["fn"].event_shape), s["value"].shape)
+                     for n, s in self.particle.raw_guide_trace.nodes.items()
+                     if n in self.downstream}
         with torch.no_grad(), pyro.validation_enabled(False):
-            shared, own = _pass_cost(guide, model, part, self.model_subsample, self.reuse,
-                                     self.spec, self.args, self.kwargs, None,
-                                     pseudo=(U, self.dim), check_finite=self.check_finite)
+            shared, own = _pass_cost(guide, model, part, self.model_subsample,
+                                     self._sampler(broadcast), self.spec, self.args, self.kwargs,
+                                     pseudo=(U, self.dim))
         if not isinstance(own, float):
             own = own.reshape((U,) + self.cost_shape)
         return _combine_costs(shared, own, (U,) + pad + self.batch_shape,
@@ -829,7 +853,6 @@ class _PseudoPass:
     def sequential(self, actions, replay_all=False):
         part = self._replayed(replay_all)
         values = self._values(actions)
-        rng_state = self.particle.noise[self.spec.name].rng_state
         costs = []
         with torch.no_grad(), pyro.validation_enabled(False):
             for value in values:
@@ -840,9 +863,8 @@ class _PseudoPass:
                                **{**self.site, "value": value.reshape(self.value_shape)})
                 with torch.random.fork_rng(devices=[]):
                     shared, own = _pass_cost(self.particle.guide, self.particle.model, trace,
-                                             self.model_subsample, self.reuse, self.spec,
-                                             self.args, self.kwargs, rng_state,
-                                             check_finite=self.check_finite)
+                                             self.model_subsample, self._sampler(), self.spec,
+                                             self.args, self.kwargs)
                 costs.append(_combine_costs(shared, own, self.batch_shape, self.cost_shape,
                                             self.n_event, self.spec.name))
         return torch.stack(costs)
@@ -1001,14 +1023,13 @@ def _combine_costs(shared, own, expand_shape, cost_shape, n_event, name):
     return (shared + own).expand(cost_shape)
 
 
-def _pass_cost(guide, model, part, model_subsample, reuse, spec, args, kwargs, rng_state,
-               pseudo=None, check_finite=True):
+def _pass_cost(guide, model, part, model_subsample, sampler, spec, args, kwargs, pseudo=None):
     """One pass of guide and model with ``part`` replayed; the site's ``(shared, own)`` cost.
 
-    ``pseudo = (U, dim)`` on the batched path, to check that every term of the cost carries the
-    pseudo-action dim."""
+    ``sampler`` re-samples the other guide sites from the real pass's noise. ``pseudo = (U, dim)``
+    on the batched path, to check that every term of the cost carries the pseudo-action dim."""
     name = spec.name
-    with _ARSMSampler(reuse=reuse, check_finite=check_finite), _RestoreRNGAfter(name, rng_state):
+    with sampler:
         guide_trace = poutine.trace(poutine.replay(guide, trace=part)).get_trace(*args, **kwargs)
     replay_trace = guide_trace.copy()
     for n, s in model_subsample.items():
