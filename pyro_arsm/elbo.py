@@ -23,7 +23,12 @@ from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 from pyro_arsm import _noise
 from pyro_arsm import estimators as est
 from pyro_arsm._programs import ProgramCache
-from pyro_arsm._pyro_internals import TrackNonReparam, is_subsample, tracegraph_elbo
+from pyro_arsm._pyro_internals import (
+    TrackScored,
+    is_subsample,
+    partially_reparameterized,
+    tracegraph_elbo,
+)
 from pyro_arsm._sites import (
     arsm_kind,
     element_shape_of,
@@ -209,7 +214,11 @@ class ARSM_ELBO(ELBO):
     * other non-reparameterizable sites (Poisson, Geometric, ...): the score-function estimator of
       :class:`~pyro.infer.TraceGraph_ELBO` with its provenance-based Rao-Blackwellization and
       ``infer={"baseline": ...}`` options. A warning names such sites once.
-    * reparameterizable sites: pathwise gradients.
+    * reparameterizable sites: pathwise gradients. Partially reparameterized sites (a
+      :class:`~pyro.distributions.Rejector`, ``ShapeAugmentedGamma``) get their whole
+      ``score_parts``: the pathwise part and the score-function part, with its downstream cost,
+      as :class:`~pyro.infer.Trace_ELBO` does. (:class:`~pyro.infer.TraceGraph_ELBO` drops the
+      score-function part of such sites, which biases its gradient.)
 
     A site whose cost is **element-separable** (no ``.to_event`` dims, and every log-prob term
     that depends on it inside all of its plates: mixtures, token assignments) is evaluated at its
@@ -221,9 +230,11 @@ class ARSM_ELBO(ELBO):
     the site (provenance tracking, as in TraceGraph_ELBO), with their scale and mask, reduced to
     the site's plates, so each element of a plated site is scored by its own terms
     (Rao-Blackwellization). Guide sites upstream of, or independent of, the site are replayed;
-    guide sites **downstream** of it are re-sampled at each pseudo action, using the real pass's
-    noise for discrete sites (and, on the sequential path, the real pass's torch RNG stream for
-    the others). Subsample indices are replayed, so the estimate is unbiased for the gradient of
+    guide sites **downstream** of it are re-sampled at each pseudo action from the random numbers
+    they had in the real pass (common random numbers: each guide site draws from a random stream
+    of its own, so the pseudo action equal to the sampled one reproduces the real pass exactly;
+    on the batched path, noise whose law depends on the parameters, as a Gamma's, is drawn
+    afresh from the site's stream for the whole batch). Subsample indices are replayed, so the estimate is unbiased for the gradient of
     the full-data ELBO under ``subsample_size`` and ``poutine.scale``.
 
     By default all pseudo actions of a site are evaluated in one batched pass of guide and model
@@ -343,7 +354,7 @@ class ARSM_ELBO(ELBO):
         program = self._program
         sampler = _ARSMSampler(check_finite=self.check_finite, defer_finite=self._static,
                                stream_seed=None if self._static else _noise.new_stream_seed())
-        with TrackNonReparam() if program.provenance else contextlib.nullcontext():
+        with TrackScored() if program.provenance else contextlib.nullcontext():
             with sampler:
                 raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             raw_model_trace = poutine.trace(
@@ -458,16 +469,25 @@ class ARSM_ELBO(ELBO):
         :returns: an estimate of ``-ELBO`` (no gradient work, no pseudo passes).
         :rtype: float
         """
-        elbo = 0.0
-        with torch.no_grad():
-            for particle in self._get_traces(model, guide, args, kwargs):
-                elbo_particle = torch_item(particle.model_trace.log_prob_sum()) - torch_item(
-                    particle.guide_trace.log_prob_sum()
-                )
-                elbo += elbo_particle / self.num_particles
-        loss = -elbo
+        try:
+            with torch.no_grad():
+                loss = self._loss(model, guide, args, kwargs)
+        except RuntimeError as e:  # a guide that calls torch.autograd.grad
+            if not _needs_autograd(e):
+                raise
+            with torch.enable_grad():
+                loss = self._loss(model, guide, args, kwargs)
         warn_if_nan(loss, "loss")
         return loss
+
+    def _loss(self, model, guide, args, kwargs):
+        elbo = 0.0
+        for particle in self._get_traces(model, guide, args, kwargs):
+            elbo_particle = torch_item(particle.model_trace.log_prob_sum()) - torch_item(
+                particle.guide_trace.log_prob_sum()
+            )
+            elbo += elbo_particle / self.num_particles
+        return -elbo
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """Computes the ``-ELBO`` and back-propagates the ARSM surrogate loss.
@@ -841,10 +861,11 @@ class _PseudoPass:
         broadcast = {n: (U, -self.dim + len(s["fn"].event_shape), s["value"].shape)
                      for n, s in self.particle.raw_guide_trace.nodes.items()
                      if n in self.downstream}
-        with torch.no_grad(), pyro.validation_enabled(False):
-            shared, own = _pass_cost(guide, model, part, self.model_subsample,
-                                     self._sampler(broadcast), self.spec, self.args, self.kwargs,
-                                     pseudo=(U, self.dim))
+        with pyro.validation_enabled(False):
+            shared, own = self._without_grad(
+                lambda: _pass_cost(guide, model, part, self.model_subsample,
+                                   self._sampler(broadcast), self.spec, self.args, self.kwargs,
+                                   pseudo=(U, self.dim)))
         if not isinstance(own, float):
             own = own.reshape((U,) + self.cost_shape)
         return _combine_costs(shared, own, (U,) + pad + self.batch_shape,
@@ -854,7 +875,7 @@ class _PseudoPass:
         part = self._replayed(replay_all)
         values = self._values(actions)
         costs = []
-        with torch.no_grad(), pyro.validation_enabled(False):
+        with pyro.validation_enabled(False):
             for value in values:
                 trace = poutine.Trace()
                 for n, s in part.nodes.items():
@@ -862,12 +883,30 @@ class _PseudoPass:
                 trace.add_node(self.spec.name,
                                **{**self.site, "value": value.reshape(self.value_shape)})
                 with torch.random.fork_rng(devices=[]):
-                    shared, own = _pass_cost(self.particle.guide, self.particle.model, trace,
-                                             self.model_subsample, self._sampler(), self.spec,
-                                             self.args, self.kwargs)
+                    shared, own = self._without_grad(
+                        lambda trace=trace: _pass_cost(
+                            self.particle.guide, self.particle.model, trace,
+                            self.model_subsample, self._sampler(), self.spec, self.args,
+                            self.kwargs))
                 costs.append(_combine_costs(shared, own, self.batch_shape, self.cost_shape,
                                             self.n_event, self.spec.name))
         return torch.stack(costs)
+
+    def _without_grad(self, run):
+        """``run()`` with gradient recording off, or, for a program that needs autograd inside
+        (a guide that calls ``torch.autograd.grad``), on; the costs are detached either way."""
+        program = self.particle.program
+        if not program.needs_grad:
+            try:
+                with torch.no_grad():
+                    return run()
+            except RuntimeError as e:
+                if not _needs_autograd(e):
+                    raise
+                program.needs_grad = True
+        with torch.enable_grad():
+            shared, own = run()
+        return _detach(shared), _detach(own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -887,9 +926,12 @@ def _signature(model_trace, guide_trace):
 
 
 def _has_score_function_sites(guide_trace):
+    """Whether a guide site gets a TraceGraph score-function term: neither ARSM nor
+    reparameterizable, or partially reparameterized."""
     return any(
         s["type"] == "sample" and not s["is_observed"] and not is_subsample(s["fn"])
-        and not getattr(s["fn"], "has_rsample", False) and arsm_kind(s["fn"])[0] is None
+        and (partially_reparameterized(s["fn"]) or (
+            not getattr(s["fn"], "has_rsample", False) and arsm_kind(s["fn"])[0] is None))
         for s in guide_trace.nodes.values()
     )
 
@@ -927,7 +969,7 @@ def _replay_with_provenance(model, guide, guide_trace, args, kwargs):
     for n, s in guide_trace.nodes.items():
         if s["type"] == "sample" and not s["is_observed"]:
             part.add_node(n, **s)
-    with TrackNonReparam(), _ValueProvenance():
+    with TrackScored(score_parts=False), _ValueProvenance():
         raw_guide_trace = poutine.trace(poutine.replay(guide, trace=part)).get_trace(
             *args, **kwargs)
         raw_model_trace = poutine.trace(poutine.replay(model, trace=raw_guide_trace)).get_trace(
@@ -1045,6 +1087,15 @@ def _pass_cost(guide, model, part, model_subsample, sampler, spec, args, kwargs,
     guide_trace.compute_log_prob(lambda n, s: (n in spec.guide_deps or n not in spec.guide_names)
                                  and not (n == name and spec.own_guide))
     return _site_cost(model_trace, guide_trace, spec, target, pseudo)
+
+
+def _needs_autograd(error):
+    """Whether ``error`` is autograd's complaint about a graph that ``torch.no_grad`` removed."""
+    return "does not require grad" in str(error)
+
+
+def _detach(cost):
+    return cost.detach() if isinstance(cost, torch.Tensor) else cost
 
 
 class _PseudoShapeError(ValueError):
