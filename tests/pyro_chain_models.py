@@ -12,7 +12,7 @@ Structures (guide order; the model has uniform discrete priors, ``Normal(0, 1)``
 priors and ``y ~ Normal(mean, SIGMA)`` observed):
 
 * ``dd_c``: ``b0 -> b1 -> z``: ``b0 ~ D(a0)``, ``b1 ~ D(a1 + S[b0])``, ``z ~ N(m + M[b0], 1)``;
-  ``mean = H[b0] + G[b1] * z`` (for Bernoulli: issue 18's ``b0 + b1 * z``).
+  ``mean = H[b0] + G[b1] * z`` (for Bernoulli: ``b0 + b1 * z``).
 * ``c_d``: ``z -> b``: ``z ~ N(m, s)``, ``b ~ D(a + W * z)``; ``mean = H[b] + G[b] * z``.
 * ``d_c_c``: ``b``, an independent ``w``, then ``z`` downstream of ``b``: ``b ~ D(a)``,
   ``w ~ N(mw, 1)``, ``z ~ N(m + M[b], 1)``; ``mean = H[b] + G[b] * z + w``.

@@ -1,4 +1,4 @@
-"""Exact-gradient suite for guides with downstream chains of mixed kinds (issue 18).
+"""Exact-gradient suite for guides with downstream chains of mixed kinds.
 
 Every path of the pseudo-action passes (``vectorize_pseudo="auto"``, ``True``, ``False``, and the
 automatic fallback of ``"auto"`` to one pass per pseudo action) x the structures of

@@ -1,4 +1,4 @@
-"""Guide sites from Pyro's own tests beside an ARSM site (issue 18, defects 3, 4 and 5).
+"""Guide sites from Pyro's own tests beside an ARSM site.
 
 The models are in the style of Pyro's ``tests/infer/test_gradient.py``
 (``test_svi_step_guide_uses_grad``, ``test_elbo_rsvi``) and ``test_enum.py``, rewritten here
@@ -244,7 +244,7 @@ def rejection_exact_loss(obs):
     return kl + bernoulli_sum(log_q1, log_q0, nll(1.0), nll(0.0))
 
 
-def test_rejection_gamma_exact_gradient_is_the_issues():
+def test_rejection_gamma_exact_gradient_is_the_closed_form():
     # d KL(Gamma(a, 1) || Gamma(0.5, 1)) / da = (a - 0.5) trigamma(a) = 0.935 at a = 1.5
     init(rejection_guide, REJECTION_OBS)
     exact = flat_grad(rejection_exact_loss(REJECTION_OBS), param_tensors(REJECTION_PARAMS))
