@@ -1,11 +1,17 @@
-"""Sphinx configuration for the ppl-arsm API reference.
+"""Sphinx configuration for the ppl-arsm user guide and API reference.
 
 Build (warnings are errors, as in .ci/run)::
 
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 """
 
+import sys
 from importlib import metadata
+from pathlib import Path
+
+# Local extensions (docs/_ext): markdown_include renders benchmarks/results/*.md and marked parts
+# of the README in a page, so that each table is written in one place.
+sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 project = "ppl-arsm"
 author = "the ppl-arsm authors"
@@ -18,13 +24,13 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "markdown_include",
 ]
 
-# Only the reStructuredText pages are part of the site; converting.md is read on GitHub (and run
-# as a test by tests/test_converting_doc.py).
+# The pages are reStructuredText; Markdown is only read through the markdown-include directive.
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "images", "*.md"]
+exclude_patterns = ["_build", "_ext", "images"]
 
 # Docstrings use Sphinx field lists (:param x:), so no napoleon. References into torch, Pyro, JAX
 # and NumPyro (:class:`~pyro.plate`) stay plain text: intersphinx would fetch inventories over the
@@ -35,6 +41,9 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 # Signatures show the defaults as written (e.g. DEFAULT_ESTIMATORS), not their repr.
 autodoc_preserve_defaults = True
 autoclass_content = "both"
+
+# Straight quotes: code-like text outside literals (estimator="rloo" in a table) stays as typed.
+smartquotes = False
 
 html_theme = "alabaster"
 html_title = f"ppl-arsm {release}"

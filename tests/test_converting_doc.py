@@ -1,23 +1,26 @@
-"""Run the code blocks of docs/converting.md as written.
+"""Run the code blocks of docs/converting.rst as written.
 
-Blocks preceded by ``<!-- doc-test: NAME -->`` are concatenated per NAME (in page order) and
+Blocks preceded by the comment ``.. doc-test: NAME`` are concatenated per NAME (in page order) and
 executed in a fresh namespace; their own ``assert`` statements are the checks (cluster recovery for
 the GMM, a falling loss for the AIR-style model).
 """
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "converting.md"
-BLOCK = re.compile(r"<!-- doc-test: (?P<name>[\w-]+) -->\s*```python\n(?P<code>.*?)```", re.S)
+DOC = Path(__file__).resolve().parents[1] / "docs" / "converting.rst"
+# The comment, then a python code-block whose body is every following blank or indented line.
+BLOCK = re.compile(r"^\.\. doc-test: (?P<name>[\w-]+)\n\n\.\. code-block:: python\n\n"
+                   r"(?P<code>(?:(?: .*)?\n)+)", re.M)
 
 
 def doc_blocks():
     groups = {}
     for match in BLOCK.finditer(DOC.read_text()):
-        groups.setdefault(match["name"], []).append(match["code"])
+        groups.setdefault(match["name"], []).append(textwrap.dedent(match["code"]))
     return groups
 
 
@@ -35,4 +38,4 @@ def test_converting_doc_example_runs_as_written(name):
     pyro.enable_validation(True)
     code = "\n".join(doc_blocks()[name])
     namespace = {"__name__": f"converting_doc_{name.replace('-', '_')}"}
-    exec(compile(code, f"docs/converting.md[{name}]", "exec"), namespace)
+    exec(compile(code, f"docs/converting.rst[{name}]", "exec"), namespace)
