@@ -3,7 +3,9 @@
 NumPyro's TraceEnum_ELBO needs funsor, so the exact reference enumerates by hand: the ELBO is
 ``sum_z q(z) E[log p - log q | z]`` over every joint value ``z`` of the guide's discrete sites,
 differentiated with ``jax.grad``. Continuous sites, if any, are sampled with fixed keys; the
-reference is then a Monte Carlo mean with its own standard error (exact over ``z``).
+reference is then a Monte Carlo mean with its own standard error (exact over ``z``), or, for
+Normal sites, integrated by Gauss-Hermite quadrature (:func:`quadrature_gradient`, no Monte
+Carlo error).
 """
 
 import itertools
@@ -14,6 +16,7 @@ import numpy as np
 from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
 from numpyro.distributions.discrete import CategoricalLogits, CategoricalProbs
 from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.primitives import Messenger
 
 Z_MAX = 5.0
 
@@ -39,11 +42,31 @@ def _num_values(fn):
     return 2
 
 
-def enum_loss(model, guide, params, *args, key=None):
+class _AtNode(Messenger):
+    """Puts each Normal guide site named in ``nodes`` at ``loc + scale * node``: the
+    reparameterized draw at a quadrature node, so that gradients flow as through a sample."""
+
+    def __init__(self, fn, nodes):
+        super().__init__(fn)
+        self.nodes = nodes
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg["name"] not in self.nodes or msg["value"] is not None:
+            return
+        base = msg["fn"]
+        while hasattr(base, "base_dist"):
+            base = base.base_dist
+        value = base.loc + base.scale * self.nodes[msg["name"]]
+        msg["value"] = jnp.broadcast_to(value, msg["fn"].shape())
+
+
+def enum_loss(model, guide, params, *args, key=None, nodes=None):
     """``-ELBO`` summed exactly over the guide's discrete sites (continuous sites drawn with
-    ``key``)."""
+    ``key``, or those named in ``nodes`` put at their quadrature node)."""
     key = jax.random.PRNGKey(0) if key is None else key
     guide_key, model_key = jax.random.split(key)
+    if nodes:
+        guide = _AtNode(guide, nodes)
     proto = trace(seed(substitute(guide, data=params), guide_key)).get_trace(*args)
     discrete = [(n, s) for n, s in proto.items()
                 if s["type"] == "sample" and not s.get("is_observed", False)
@@ -90,6 +113,38 @@ def exact_gradient(model, guide, params, names, *args, num_keys=1, seed_=0):
     if num_keys == 1:
         return draws[0], jnp.zeros_like(draws[0])
     return draws.mean(0), draws.std(0) / np.sqrt(num_keys)
+
+
+def quick_jit(fn, *args):
+    """``jax.jit(fn)(*args)`` compiled without XLA's backend optimizations: a test's program
+    runs once, and on CPU compiling it optimized takes several times as long as running it."""
+    compiled = jax.jit(fn).lower(*args).compile(
+        compiler_options={"xla_backend_optimization_level": 0})
+    return compiled(*args)
+
+
+def quadrature_gradient(model, guide, params, names, *args, sites=("z",), num_nodes=40):
+    """Exact gradient of ``-ELBO`` w.r.t. ``params[names]`` for a guide whose continuous sites
+    are the Normal ``sites``: enumeration over the discrete sites, Gauss-Hermite quadrature
+    (``num_nodes`` per site, exact for the polynomial parts) over the Normal ones."""
+    x, w = np.polynomial.hermite_e.hermegauss(num_nodes)
+    grid = np.array(list(itertools.product(x, repeat=len(sites))), dtype=np.float32)
+    weights = np.prod(list(itertools.product(w / w.sum(), repeat=len(sites))), axis=1)
+
+    def loss(p, node):
+        return enum_loss(model, guide, p, *args, nodes=dict(zip(sites, node, strict=True)))
+
+    grads = quick_jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)), params, jnp.asarray(grid))
+    return np.concatenate([np.tensordot(weights, np.asarray(grads[n], np.float64), 1).ravel()
+                           for n in names])
+
+
+def vmapped_gradient_draws(elbo, model, guide, params, names, num_draws, *args, seed_=0):
+    """Like :func:`gradient_draws`, all draws in one ``jit(vmap(grad))`` (one compilation)."""
+    grad = jax.grad(lambda p, k: elbo.loss(k, p, model, guide, *args))
+    keys = jax.random.split(jax.random.PRNGKey(seed_), num_draws)
+    draws = quick_jit(jax.vmap(grad, in_axes=(None, 0)), params, keys)
+    return jnp.concatenate([draws[n].reshape(num_draws, -1) for n in names], -1)
 
 
 def gradient_draws(elbo, model, guide, params, names, num_draws, *args, seed_=0):
