@@ -240,3 +240,104 @@ def test_chain_gradients_are_unbiased(structure, kind, estimator):
     draws = vmapped_gradient_draws(elbo, chain_model, chain_guide, params, names, 200,
                                    structure, kind)
     assert_unbiased(draws, exact, label=f"numpyro {structure} {kind} {estimator}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sites that are not (fully) reparameterized, beside and downstream of a discrete site
+# ---------------------------------------------------------------------------------------------
+
+
+class PartialNormal(dist.Normal):
+    """Reparameterized in ``loc`` only (as NumPyro's VonMises): ``has_rsample`` is False."""
+
+    reparametrized_params = ["loc"]
+
+
+def partial_guide():
+    b = numpyro.sample("b", dist.Bernoulli(logits=numpyro.param("alpha", jnp.array(0.4))))
+    loc = numpyro.param("m", jnp.array(0.5)) + 0.5 * b
+    numpyro.sample("z", PartialNormal(loc, numpyro.param("s", jnp.array(0.8))))
+    numpyro.sample("g", dist.Gamma(numpyro.param("a", jnp.array(1.5)), 1.0))
+
+
+def partial_model():
+    b = numpyro.sample("b", dist.Bernoulli(0.5))
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    numpyro.sample("g", dist.Gamma(0.5, 1.0))
+    numpyro.sample("y", dist.Normal(b + z, 0.5), obs=Y)
+
+
+def test_partially_reparameterized_and_gamma_sites_are_unbiased():
+    # z (loc reparameterized, scale not) gets the whole score-function gradient, its value
+    # detached; g (Gamma, implicitly reparameterized) is pathwise. Exact: enumeration over b,
+    # quadrature over z, and d KL(Gamma(a, 1) || Gamma(0.5, 1)) / da = (a - 0.5) psi'(a).
+    names = ["alpha", "m", "s", "a"]
+    params = {"alpha": jnp.array(0.4), "m": jnp.array(0.5), "s": jnp.array(0.8),
+              "a": jnp.array(1.5)}
+    assert not PartialNormal(0.0, 1.0).has_rsample and dist.Gamma(1.0, 1.0).has_rsample
+
+    def guide_without_g():
+        with numpyro.handlers.block(hide=["g"]):
+            partial_guide()
+
+    def model_without_g():
+        with numpyro.handlers.block(hide=["g"]):
+            partial_model()
+
+    exact = quadrature_gradient(model_without_g, guide_without_g, params, names)
+    exact[3] = (1.5 - 0.5) * float(jax.scipy.special.polygamma(1, 1.5))
+    elbo = ARSM_ELBO(num_particles=100, warn_score_function=False)
+    draws = vmapped_gradient_draws(elbo, partial_model, partial_guide, params, names, 400)
+    assert_unbiased(draws, exact, label="numpyro partially reparameterized + Gamma sites")
+
+
+# ---------------------------------------------------------------------------------------------
+# No state keyed on the program's objects
+# ---------------------------------------------------------------------------------------------
+
+
+class Program:
+    """Model and guide as methods: each ``obj.model`` is a new bound-method object, and the
+    ids of collected objects are recycled. ``linked`` decides whether b1 depends on b0."""
+
+    def __init__(self, linked):
+        self.linked = linked
+
+    def guide(self):
+        b0 = numpyro.sample("b0", dist.Bernoulli(logits=numpyro.param("a0", jnp.array(0.3))))
+        shift = 0.8 * b0 if self.linked else 0.0
+        numpyro.sample("b1", dist.Bernoulli(logits=numpyro.param("a1", jnp.array(-0.6)) + shift))
+
+    def model(self):
+        b0 = numpyro.sample("b0", dist.Bernoulli(0.5))
+        b1 = numpyro.sample("b1", dist.Bernoulli(0.5))
+        numpyro.sample("y", dist.Normal(b0 + 2.0 * b1, 0.5), obs=Y)
+
+
+def test_no_state_keyed_on_the_model_or_guide_objects():
+    # issue 18 item 2 (Pyro cached provenance on (id(model), id(guide))): one ARSM_ELBO fed
+    # new bound methods of programs of two structures, each object dropped after its call (its
+    # id free for reuse), gives the gradients a fresh ARSM_ELBO gives, and holds no more state
+    # after 4 calls than after 1 (all traced in one program)
+    elbo = ARSM_ELBO()
+    params = {"a0": jnp.array(0.3), "a1": jnp.array(-0.6)}
+    sizes = []
+
+    def grads(key):
+        out = []
+        for i in range(4):
+            obj = Program(linked=i % 2 == 0)
+            for loss_fn in (elbo.loss, ARSM_ELBO().loss):
+                out.append(jax.grad(loss_fn, argnums=1)(key, params, obj.model, obj.guide))
+            sizes.append({k: len(v) if hasattr(v, "__len__") else v
+                          for k, v in vars(elbo).items()})
+            del obj
+        return out
+
+    out = quick_jit(grads, random.PRNGKey(3))
+    for i in range(4):
+        for name in params:
+            np.testing.assert_array_equal(out[2 * i][name], out[2 * i + 1][name],
+                                          err_msg=f"call {i}: {name}")
+    assert not np.allclose(out[0]["a0"], out[2]["a0"])  # the two structures differ
+    assert all(size == sizes[0] for size in sizes)
