@@ -1,7 +1,7 @@
 """Common random numbers between the real pass and the pseudo passes of the guide.
 
-Every guide site that draws random numbers draws them from a stream of its own, seeded by the
-particle's seed and the site's name; all other randomness (subsample indices, dropout) keeps to
+Every guide site that draws random numbers draws them from a stream of its own (one seed per site
+of a particle, :class:`SiteStreams`); all other randomness (subsample indices, dropout) keeps to
 torch's global stream, which a site's draw leaves untouched. A pseudo pass that re-samples a
 downstream site therefore gives it the random numbers it had in the real pass, whatever the order
 and kind of the sites before it and whether they drew anything in this pass (a replayed site
@@ -17,42 +17,49 @@ common random numbers are lost).
 """
 
 import contextlib
-import zlib
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["BroadcastNoise", "new_stream_seed", "site_stream"]
+__all__ = ["BroadcastNoise", "SiteStreams"]
 
-_SEED_RANGE = 2 ** 62
-
-
-def new_stream_seed():
-    """A seed for one particle's site streams, drawn from torch's global stream."""
-    return int(torch.randint(_SEED_RANGE, ()).item())
+# torch's CPU generator (mt19937) takes a 32-bit seed; the sites of one particle get consecutive
+# seeds from a random start, so no two of them can share a stream.
+_SEED_RANGE = 2 ** 32
 
 
-def _site_seed(stream_seed, name):
-    # crc32 rather than hash(): Python salts str hashes per process
-    return (stream_seed + 0x9E3779B97F4A7C15 * (zlib.crc32(name.encode()) + 1)) % _SEED_RANGE
+class SiteStreams:
+    """The random streams of one particle's guide sites.
 
+    Site ``name`` draws from the stream seeded with ``start + i``, ``i`` the order in which the
+    real pass met it (a site first met in a pseudo pass, in a model of dynamic structure, gets
+    the next number); ``start`` is drawn from torch's global stream. The real pass and its pseudo
+    passes share one ``SiteStreams``, so a site gets the same stream in all of them."""
 
-@contextlib.contextmanager
-def site_stream(stream_seed, name):
-    """Runs the body on site ``name``'s own stream (CPU, and the current CUDA device when CUDA
-    is in use), then puts the global stream back where it was."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-    seed = _site_seed(stream_seed, name)
-    torch.default_generator.manual_seed(seed)
-    if cuda is not None:
-        torch.cuda.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
+    def __init__(self):
+        self.start = int(torch.randint(_SEED_RANGE, (), dtype=torch.int64).item())
+        self._index = {}
+
+    def seed(self, name):
+        index = self._index.setdefault(name, len(self._index))
+        return (self.start + index) % _SEED_RANGE
+
+    @contextlib.contextmanager
+    def stream(self, name):
+        """Runs the body on site ``name``'s stream (CPU, and the current CUDA device when CUDA
+        is in use), then puts the global stream back where it was."""
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
+        seed = self.seed(name)
+        torch.default_generator.manual_seed(seed)
         if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
+            torch.cuda.manual_seed(seed)
+        try:
+            yield
+        finally:
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda)
 
 
 _aten = torch.ops.aten

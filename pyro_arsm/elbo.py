@@ -53,11 +53,11 @@ _SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits"])
 _Particle = namedtuple(
     "_Particle",
     ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
-     "noise", "stream_seed", "max_plate_nesting", "deps", "signature", "program"],
+     "noise", "streams", "max_plate_nesting", "deps", "signature", "program"],
 )
 # program: the ProgramState of this model and guide (cached dependencies, pseudo-pass modes)
-# stream_seed: the seed of the guide sites' random streams in this particle (None on the compiled
-# path); a pseudo pass re-samples downstream sites from the same streams (common random numbers).
+# streams: the guide sites' random streams in this particle (None on the compiled path); a pseudo
+# pass re-samples downstream sites from the same streams (common random numbers).
 # deps: None (read the dependencies from provenance on the traces) or, when cached, a dict
 # site -> (model_deps, guide_deps, downstream) of frozensets of site names.
 # signature: the model structure (site names, types, shapes), the key of what is remembered
@@ -100,14 +100,14 @@ class _ARSMSampler(Messenger):
     any new batch dims): in a pseudo pass this gives downstream discrete sites common random
     numbers with the real pass.
 
-    With ``stream_seed``, every site that draws draws from a stream of its own
-    (:mod:`pyro_arsm._noise`), so that a pseudo pass given the real pass's seed re-samples each
+    With ``streams`` (a :class:`~pyro_arsm._noise.SiteStreams`), every site that draws draws from
+    a stream of its own, so that a pseudo pass given the real pass's streams re-samples each
     downstream site from the random numbers it had in the real pass; ``broadcast`` maps the sites
     re-sampled in a batched pseudo pass to their :class:`~pyro_arsm._noise.BroadcastNoise`
-    arguments. ``stream_seed=None`` (the compiled path) draws from torch's global stream.
+    arguments. ``streams=None`` (the compiled path) draws from torch's global stream.
     """
 
-    def __init__(self, reuse=None, check_finite=True, defer_finite=False, stream_seed=None,
+    def __init__(self, reuse=None, check_finite=True, defer_finite=False, streams=None,
                  broadcast=None):
         super().__init__()
         self.check_finite = check_finite
@@ -117,13 +117,11 @@ class _ARSMSampler(Messenger):
         self.noise = {}
         self.enumerated = set()
         self.reuse = reuse or {}
-        self.stream_seed = stream_seed
+        self.streams = streams
         self.broadcast = broadcast or {}
 
     def _stream(self, name):
-        if self.stream_seed is None:
-            return contextlib.nullcontext()
-        return _noise.site_stream(self.stream_seed, name)
+        return contextlib.nullcontext() if self.streams is None else self.streams.stream(name)
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or msg["done"] or msg["value"] is not None:
@@ -139,7 +137,7 @@ class _ARSMSampler(Messenger):
             self.enumerated.add(name)
             msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
         if kind is None:
-            if self.stream_seed is not None:  # sampled here, as Pyro would, on its own stream
+            if self.streams is not None:  # sampled here, as Pyro would, on its own stream
                 shared = (_noise.BroadcastNoise(*self.broadcast[name]) if name in self.broadcast
                           else contextlib.nullcontext())
                 with self._stream(name), shared:
@@ -234,8 +232,9 @@ class ARSM_ELBO(ELBO):
     they had in the real pass (common random numbers: each guide site draws from a random stream
     of its own, so the pseudo action equal to the sampled one reproduces the real pass exactly;
     on the batched path, noise whose law depends on the parameters, as a Gamma's, is drawn
-    afresh from the site's stream for the whole batch). Subsample indices are replayed, so the estimate is unbiased for the gradient of
-    the full-data ELBO under ``subsample_size`` and ``poutine.scale``.
+    afresh from the site's stream for the whole batch). Subsample indices are replayed, so the
+    estimate is unbiased for the gradient of the full-data ELBO under ``subsample_size`` and
+    ``poutine.scale``.
 
     By default all pseudo actions of a site are evaluated in one batched pass of guide and model
     under an extra :class:`~pyro.plate` left of ``max_plate_nesting``; this requires model and
@@ -353,7 +352,7 @@ class ARSM_ELBO(ELBO):
         # structure, on a replay of the sampled values, and is cached.
         program = self._program
         sampler = _ARSMSampler(check_finite=self.check_finite, defer_finite=self._static,
-                               stream_seed=None if self._static else _noise.new_stream_seed())
+                               streams=None if self._static else _noise.SiteStreams())
         with TrackScored() if program.provenance else contextlib.nullcontext():
             with sampler:
                 raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -401,7 +400,7 @@ class ARSM_ELBO(ELBO):
         if self.max_plate_nesting != float("inf"):
             nesting = max(nesting, self.max_plate_nesting)
         return _Particle(model, guide, model_trace, guide_trace, raw_guide_trace,
-                         raw_model_trace, sampler.noise, sampler.stream_seed, nesting, deps,
+                         raw_model_trace, sampler.noise, sampler.streams, nesting, deps,
                          signature, program)
 
     def _get_traces(self, model, guide, args, kwargs):
@@ -831,7 +830,7 @@ class _PseudoPass:
         """The sampler of a pseudo pass: downstream discrete sites re-use their noise, the
         others draw from their real-pass streams (``broadcast`` over the pseudo actions)."""
         return _ARSMSampler(reuse=self.reuse, check_finite=self.check_finite,
-                            stream_seed=self.particle.stream_seed, broadcast=broadcast)
+                            streams=self.particle.streams, broadcast=broadcast)
 
     def _values(self, actions):
         dtype = self.particle.noise[self.spec.name].logits.dtype

@@ -160,9 +160,21 @@ def test_global_stream_is_untouched_by_the_guide_sites():
     particle = next(elbo._get_traces(model, guide, (), {}))
     after = torch.rand(5)
     torch.manual_seed(3)
-    torch.randint(2 ** 62, ())  # the particle's stream seed
+    torch.randint(2 ** 32, (), dtype=torch.int64)  # the start of the particle's site seeds
     assert torch.equal(after, torch.rand(5))
-    assert particle.stream_seed is not None
+    assert particle.streams is not None
+
+
+def test_sites_of_a_particle_never_share_a_stream():
+    """Sites get consecutive seeds in the order the real pass met them: distinct for any number
+    of sites (a hash of the name into torch's 32-bit seeds would let two names collide)."""
+    from pyro_arsm._noise import SiteStreams
+
+    streams = SiteStreams()
+    names = [f"z_{i}" for i in range(100_000)]
+    seeds = {streams.seed(n) for n in names}
+    assert len(seeds) == len(names)
+    assert [streams.seed(n) for n in names[:3]] == [streams.seed(n) for n in names[:3]]
 
 
 # ---------------------------------------------------------------------------------------------
