@@ -203,7 +203,8 @@ def arsm_grad(pseudo_costs, log_pi):
     """ARSM estimate of ``d E[f(z)] / d phi`` (the "merge" over all reference categories).
 
     ``g_m = sum_j (F[m, j] - (1/C) sum_m' F[m', j]) (1/C - pi_j)``, i.e.
-    ``g = (F - colmean(F)) @ (1/C - pi)`` (arsm.md section 1.4; section 2 for a shared swap).
+    ``g = (F - colmean(F)) @ (1/C - pi)`` (Yin, Yue & Zhou 2019; for a multivariate site the same
+    swap is applied to every element).
 
     :param pseudo_costs: ``[P, *b]`` costs ``f`` at the ``P = C(C-1)/2 + 1`` swap rows
         (:func:`pseudo_actions`); ``*b`` must broadcast against ``log_pi.shape[:-1]`` after
@@ -238,7 +239,7 @@ def ars_rows(reference, num_categories):
 def ars_grad(reference_costs, log_pi, reference):
     """ARS estimate with a single reference category ``j`` (Swap without Merge).
 
-    ``g_m = (f(z^{m<->j}) - (1/C) sum_m' f(z^{m'<->j})) (1 - C pi_j)`` (arsm.md section 1.3).
+    ``g_m = (f(z^{m<->j}) - (1/C) sum_m' f(z^{m'<->j})) (1 - C pi_j)`` (Yin, Yue & Zhou 2019).
     Unbiased when ``j`` is drawn independently of ``pi`` (e.g. uniformly).
 
     :param reference_costs: ``[C, *b]``: ``reference_costs[m] = f(z^{m<->j})``
@@ -261,7 +262,7 @@ def ars_grad(reference_costs, log_pi, reference):
 
 
 def ar_grad(cost, log_pi):
-    """AR (Augment-REINFORCE) estimate ``g_c = f(z) (1 - C pi_c)`` (arsm.md section 1.2).
+    """AR (Augment-REINFORCE) estimate ``g_c = f(z) (1 - C pi_c)`` (Yin, Yue & Zhou 2019).
 
     One evaluation of ``f``, high variance. (The official code's pre-2020 ``(1 - pi_c)`` weight
     is biased; this is the corrected form.)
@@ -304,7 +305,7 @@ def bernoulli_pair(u, logits):
 def arm_grad(cost, anti_cost, u):
     """ARM estimate (Yin & Zhou 2019) of ``d E[f(b)] / d a``: ``(f(b~) - f(b)) (u - 1/2)``.
 
-    This is ARSM with ``C = 2`` on logits ``(a, 0)`` (arsm.md section 1.6).
+    This is ARSM with ``C = 2`` on logits ``(a, 0)``.
 
     :param cost: ``f(b)``, ``[*b]``.
     :param anti_cost: ``f(b~)``, ``[*b]``.
@@ -315,7 +316,7 @@ def arm_grad(cost, anti_cost, u):
 
 
 def disarm_grad(cost, anti_cost, b, anti_b, logits):
-    """DisARM estimate (Dong, Mnih & Tucker 2020) of ``d E[f(b)] / d a`` (arsm.md section 10).
+    """DisARM estimate (Dong, Mnih & Tucker 2020) of ``d E[f(b)] / d a``.
 
     ``g_k = 1/2 (f(b) - f(b~)) (-1)^{b~_k} 1[b_k != b~_k] sigmoid(|a_k|)``; for a vector
     ``b`` with a joint ``f`` the pair is formed for all elements at once. Zero wherever

@@ -4,7 +4,7 @@ This script is an *independent* reference: it writes the formulas out again in p
 numpy, element by element, and imports neither ``pyro_arsm`` nor ``numpyro_arsm``. Both packages
 are then pinned to it by ``tests/test_parity_vectors.py``, and so to each other.
 
-Formulas (Yin, Yue & Zhou, ICML 2019; Dong, Mnih & Tucker, NeurIPS 2020; arsm.md sections 1, 2, 10):
+Formulas (Yin, Yue & Zhou, ICML 2019; Dong, Mnih & Tucker, NeurIPS 2020):
 
 * swap rows: row 0 is the identity; then one row per pair ``(m, j)``, ``m < j``, in
   lexicographic order, the permutation exchanging entries ``m`` and ``j``;

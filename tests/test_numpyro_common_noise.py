@@ -1,4 +1,4 @@
-"""Common random numbers in NumPyro's pseudo passes (issue 18).
+"""Common random numbers in NumPyro's pseudo passes.
 
 A pseudo pass re-runs guide and model with one ARSM site set to a pseudo action. Every other
 site must see the random numbers it saw in the real pass, whatever the order and kind of the
@@ -249,7 +249,7 @@ def test_quadrature_reference_matches_the_closed_form():
 
 
 def _chain_cases():
-    """Every estimator on the structure of issue 18 (b0 -> b1 -> z), ARSM on the others
+    """Every estimator on the b0 -> b1 -> z chain, ARSM on the others
     (quick); the other estimators on the other structures are marked slow."""
     for structure in STRUCTURES:
         for kind, estimators in ESTIMATORS.items():
@@ -343,7 +343,8 @@ class Program:
 
 
 def test_no_state_keyed_on_the_model_or_guide_objects():
-    # issue 18 item 2 (Pyro cached provenance on (id(model), id(guide))): one ARSM_ELBO fed
+    # a cache keyed on object ids would miss bound methods and could be handed a collected
+    # program's entry: one ARSM_ELBO fed
     # new bound methods of programs of two structures, each object dropped after its call (its
     # id free for reuse), gives the gradients a fresh ARSM_ELBO gives, and holds no more state
     # after 4 calls than after 1 (all traced in one program)

@@ -1,4 +1,4 @@
-"""NumPyro ARSM_ELBO as a drop-in loss (issue 10): one finiteness check per loss call whatever
+"""NumPyro ARSM_ELBO as a drop-in loss: one finiteness check per loss call whatever
 the number of particles, guides written for TraceEnum_ELBO (``config_enumerate``), SVI with
 ``numpyro.mutable`` state, NumPyro's model/guide checks, and ``warn_score_function``."""
 
@@ -49,7 +49,7 @@ def _grad_fn(elbo, model, guide, *args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding 6: the finiteness check is one host callback per loss call
+# the finiteness check is one host callback per loss call
 # ---------------------------------------------------------------------------------------------
 
 

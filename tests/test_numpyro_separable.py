@@ -1,4 +1,4 @@
-"""NumPyro element-separable sites (issue 11): the C-column table, ARSM read off it, and the
+"""NumPyro element-separable sites: the C-column table, ARSM read off it, and the
 exact local expectation (``estimator="local"``), against exact gradients."""
 
 import warnings

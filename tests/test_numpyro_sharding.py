@@ -1,4 +1,4 @@
-"""NumPyro ARSM_ELBO under ``jax.sharding`` (issue 12): data sharded along the plate over 4 host
+"""NumPyro ARSM_ELBO under ``jax.sharding`` : data sharded along the plate over 4 host
 devices, parameters replicated, gives the single-device loss, gradient and SVI update.
 
 Each check runs in a fresh Python process (this file run as a script) with

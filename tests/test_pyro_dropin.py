@@ -1,4 +1,4 @@
-"""ARSM_ELBO as a drop-in loss for models written without it in mind (issue 10).
+"""ARSM_ELBO as a drop-in loss for models written without it in mind .
 
 Each model here is written the way Pyro's own examples and tests write theirs, and is run with
 only the loss swapped: models that mix the pseudo-action dim (sums over all dims, ``b[0]``,
@@ -37,7 +37,7 @@ def draws_and_warnings(elbo, model, guide, names, num_draws, *args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding 1: a model that sums over all dims, with a continuous guide site downstream of z
+# a model that sums over all dims, with a continuous guide site downstream of z
 # ---------------------------------------------------------------------------------------------
 
 LOC = torch.tensor([-1.0, 0.5, 2.0])
@@ -122,7 +122,7 @@ def test_mixing_model_with_discrete_downstream_site_against_brute_force():
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding 2: elements read one by one, networks that concatenate along a fixed dim
+# elements read one by one, networks that concatenate along a fixed dim
 # ---------------------------------------------------------------------------------------------
 
 BERN_DATA = torch.tensor([0.8, -0.4])
@@ -193,7 +193,7 @@ def test_network_concatenating_along_fixed_dim_is_unbiased_with_one_warning():
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding 3: a guide written for TraceEnum_ELBO
+# a guide written for TraceEnum_ELBO
 # ---------------------------------------------------------------------------------------------
 
 MIX_DATA = torch.tensor([-1.2, 0.1, 2.3, 1.9])
@@ -249,7 +249,7 @@ def test_model_side_enumeration_stays_an_error():
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding 4: models that assert sample shapes
+# models that assert sample shapes
 # ---------------------------------------------------------------------------------------------
 
 
@@ -321,7 +321,7 @@ def test_good_model_is_checked_once_then_batched(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding 5: degenerate models
+# degenerate models
 # ---------------------------------------------------------------------------------------------
 
 

@@ -135,7 +135,7 @@ def test_biased_ar_weight_is_detected():
 
 
 def test_multivariate_shared_swap_unbiased_for_joint_f():
-    # K = 3 categoricals, one swap applied to all of them, non-separable f (arsm.md section 2)
+    # K = 3 categoricals, one swap applied to all of them, non-separable f
     K, C, n = 3, 3, 60_000
     logits = torch.tensor([[0.2, -0.4, 0.1], [1.0, 0.0, -0.5], [-0.3, 0.6, 0.0]])
     table = torch.randn(C, C, C)

@@ -1,4 +1,4 @@
-"""Element-separable sites (issue 11): the per-element table of C evaluations, ARSM read off it,
+"""Element-separable sites: the per-element table of C evaluations, ARSM read off it,
 the exact local expectation (``estimator="local"``), and bounded memory for the joint path."""
 
 import warnings
