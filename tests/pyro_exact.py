@@ -130,7 +130,7 @@ def assert_unbiased(draws, exact, exact_se=None, power=0.05, label=""):
         f"{label}: standard error {se.max():.3g} too large to test against |exact| {scale:.3g}")
     worst = z.max().item()
     print(f"\n[{label}] worst z = {worst:.2f} over {exact.numel()} components, "
-          f"{draws.shape[0]} draws")
+          f"{draws.shape[0]} draws, standard error {se.max() / scale:.1%} of max|exact|")
     assert worst < Z_MAX, (
         f"{label}: biased? worst z {worst:.2f}\nmean  {draws.mean(0)}\nexact {exact}")
     return worst

@@ -4,11 +4,17 @@ Each model here is written the way Pyro's own examples and tests write theirs, a
 only the loss swapped: models that mix the pseudo-action dim (sums over all dims, ``b[0]``,
 ``torch.cat`` along a fixed dim, shape asserts), guides configured for ``TraceEnum_ELBO``, and
 degenerate models. The default ``vectorize_pseudo="auto"`` must give the unbiased gradient
-(z-test against an exact gradient) with exactly one warning per site.
+with exactly one warning per site.
+
+Where the batched pseudo pass does not fit a model, the fallback decision is tested in two steps
+(the warning, which passes ran, and gradients identical to ``vectorize_pseudo=False`` from the
+same seed); that sequential path is then z-tested once per model structure against an exact
+gradient.
 """
 
 import itertools
 import math
+import re
 import warnings
 
 import pyro
@@ -23,10 +29,19 @@ try:
     from pyro_arsm.elbo import _PseudoPass
 except ImportError:
     _PseudoPass = None
-from pyro_exact import assert_unbiased, brute_force_gradient, enum_gradient, gradient_draws
+from pyro_exact import (
+    assert_unbiased,
+    brute_force_gradient,
+    enum_gradient,
+    flat_grad,
+    gradient_draws,
+    param_tensors,
+)
 from pyro_models import init
 
 pytestmark = pytest.mark.usefixtures("fresh_param_store")
+
+FALLBACK = r"batched pseudo-action pass for guide site '{}' (failed|gives other costs)"
 
 
 def draws_and_warnings(elbo, model, guide, names, num_draws, *args):
@@ -34,6 +49,52 @@ def draws_and_warnings(elbo, model, guide, names, num_draws, *args):
         warnings.simplefilter("always")
         draws = gradient_draws(elbo, model, guide, names, num_draws, *args)
     return draws, [str(w.message) for w in caught if "ARSM_ELBO" in str(w.message)]
+
+
+def count_passes(monkeypatch):
+    calls = {"batched": 0, "sequential": 0}
+    for name in calls:
+        original = getattr(_PseudoPass, name)
+
+        def counted(self, actions, replay_all=False, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self, actions, replay_all)
+
+        monkeypatch.setattr(_PseudoPass, name, counted)
+    return calls
+
+
+def gradient(elbo, model, guide, names, *args):
+    return flat_grad(elbo.differentiable_loss(model, guide, *args), param_tensors(names))
+
+
+def assert_falls_back_to_sequential(monkeypatch, sites, model, guide, names, *args, match=""):
+    """Two steps of the default path: the first warns once per site in ``sites`` (each message
+    matching ``match`` too) and tries each site's batched pass once (the check), the second
+    warns no more and runs no batched pass; both steps' gradients equal those of
+    ``vectorize_pseudo=False`` from the same seed, bit for bit."""
+    calls = count_passes(monkeypatch)
+    elbo = ARSM_ELBO(num_particles=4)
+    pattern = FALLBACK.format("|".join(sites)).replace("'|'", "|")
+    pyro.set_rng_seed(5)
+    with pytest.warns(UserWarning, match=pattern) as caught:
+        first = gradient(elbo, model, guide, names, *args)
+    messages = [str(w.message) for w in caught]
+    assert sorted(m.split("guide site ")[1].split("'")[1] for m in messages) == sorted(sites)
+    assert all(re.search(match, m) for m in messages), messages
+    assert calls["batched"] == len(sites)
+    sequential_before = calls["sequential"]
+    second = gradient(elbo, model, guide, names, *args)  # warnings are errors here
+    assert calls["batched"] == len(sites) and calls["sequential"] > sequential_before
+    reference = ARSM_ELBO(num_particles=4, vectorize_pseudo=False)
+    pyro.set_rng_seed(5)
+    expected = [gradient(reference, model, guide, names, *args) for _ in range(2)]
+    assert torch.equal(torch.stack([first, second]), torch.stack(expected))
+
+
+def sequential_draws(model, guide, names, num_draws, *args):
+    elbo = ARSM_ELBO(num_particles=4, vectorize_pseudo=False)
+    return gradient_draws(elbo, model, guide, names, num_draws, *args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,17 +139,18 @@ def mixing_exact_gradient():
     return torch.autograd.grad(total, e)[0].reshape(-1)
 
 
-@pytest.mark.parametrize("vectorize_pseudo", ["auto", pytest.param(False, marks=pytest.mark.slow)])
-def test_mixing_model_with_downstream_site_is_unbiased(vectorize_pseudo):
+def test_mixing_model_falls_back_once(monkeypatch):
+    init(mixing_model, mixing_guide)
+    assert_falls_back_to_sequential(monkeypatch, ["z"], mixing_model, mixing_guide, ["e"],
+                                    match="one at a time")
+
+
+@pytest.mark.slow
+def test_mixing_model_with_downstream_site_is_unbiased():
     init(mixing_model, mixing_guide)
     exact = mixing_exact_gradient()
-    elbo = ARSM_ELBO(num_particles=4, vectorize_pseudo=vectorize_pseudo)
-    draws, caught = draws_and_warnings(elbo, mixing_model, mixing_guide, ["e"], 600)
-    assert_unbiased(draws, exact, power=0.1, label=f"mixing model, {vectorize_pseudo}")
-    if vectorize_pseudo == "auto":
-        assert len(caught) == 1 and "site 'z'" in caught[0] and "one at a time" in caught[0]
-    else:
-        assert caught == []
+    draws = sequential_draws(mixing_model, mixing_guide, ["e"], 1000)
+    assert_unbiased(draws, exact, label="mixing model, sequential path")
 
 
 def test_mixing_model_raises_with_vectorize_pseudo_true():
@@ -111,14 +173,18 @@ def discrete_mixing_guide():
         pyro.sample("w", dist.Bernoulli(logits=torch.tensor([0.3, -1.2, 0.8])[z]))
 
 
+def test_mixing_model_with_discrete_downstream_site_falls_back_once_per_site(monkeypatch):
+    init(discrete_mixing_model, discrete_mixing_guide)
+    assert_falls_back_to_sequential(monkeypatch, ["z", "w"], discrete_mixing_model,
+                                    discrete_mixing_guide, ["e"])
+
+
 @pytest.mark.slow
 def test_mixing_model_with_discrete_downstream_site_against_brute_force():
     init(discrete_mixing_model, discrete_mixing_guide)
     exact = brute_force_gradient(discrete_mixing_model, discrete_mixing_guide, ["e"])
-    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4), discrete_mixing_model,
-                                       discrete_mixing_guide, ["e"], 500)
-    assert_unbiased(draws, exact, power=0.1, label="mixing model, discrete downstream site")
-    assert sorted(c.split("guide site ")[1][:3] for c in caught) == ["'w'", "'z'"]
+    draws = sequential_draws(discrete_mixing_model, discrete_mixing_guide, ["e"], 1700)
+    assert_unbiased(draws, exact, label="mixing model, discrete downstream site")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,13 +208,17 @@ def indexing_guide(data):
         pyro.sample("b", dist.Bernoulli(logits=phi))
 
 
-def test_model_reading_elements_by_index_is_unbiased_with_one_warning():
+def test_model_reading_elements_by_index_falls_back_once(monkeypatch):
+    init(indexing_model, indexing_guide, BERN_DATA)
+    assert_falls_back_to_sequential(monkeypatch, ["b"], indexing_model, indexing_guide, ["phi"],
+                                    BERN_DATA)
+
+
+def test_model_reading_elements_by_index_is_unbiased():
     init(indexing_model, indexing_guide, BERN_DATA)
     exact = brute_force_gradient(indexing_model, indexing_guide, ["phi"], BERN_DATA)
-    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4), indexing_model, indexing_guide,
-                                       ["phi"], 400, BERN_DATA)
-    assert_unbiased(draws, exact, power=0.1, label="b[0], b[1] in the model")
-    assert len(caught) == 1 and "site 'b'" in caught[0]
+    draws = sequential_draws(indexing_model, indexing_guide, ["phi"], 150, BERN_DATA)
+    assert_unbiased(draws, exact, label="b[0], b[1] in the model")
 
 
 class ConcatDecoder(torch.nn.Module):
@@ -180,16 +250,26 @@ def concat_guide(x):
         pyro.sample("y", dist.OneHotCategorical(logits=phi))
 
 
-def test_network_concatenating_along_fixed_dim_is_unbiased_with_one_warning():
+CONCAT_NAMES = ["phi", "decoder$$$linear.weight"]
+
+
+def init_concat():
     torch.manual_seed(1)
     DECODER.linear.reset_parameters()
     init(concat_model, concat_guide, CAT_X)
-    names = ["phi", "decoder$$$linear.weight"]
-    exact = brute_force_gradient(concat_model, concat_guide, names, CAT_X)
-    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4), concat_model, concat_guide,
-                                       names, 300, CAT_X)
-    assert_unbiased(draws, exact, power=0.1, label="torch.cat along dim 1")
-    assert len(caught) == 1 and "site 'y'" in caught[0] and "failed" in caught[0]
+
+
+def test_network_concatenating_along_fixed_dim_falls_back_once(monkeypatch):
+    init_concat()
+    assert_falls_back_to_sequential(monkeypatch, ["y"], concat_model, concat_guide, CONCAT_NAMES,
+                                    CAT_X, match="failed")
+
+
+def test_network_concatenating_along_fixed_dim_is_unbiased():
+    init_concat()
+    exact = brute_force_gradient(concat_model, concat_guide, CONCAT_NAMES, CAT_X)
+    draws = sequential_draws(concat_model, concat_guide, CONCAT_NAMES, 50, CAT_X)
+    assert_unbiased(draws, exact, label="torch.cat along dim 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,33 +347,25 @@ def asserting_guide(data):
         pyro.sample("z", dist.Categorical(logits=phi))
 
 
-def test_shape_asserting_model_takes_the_sequential_path():
+def test_shape_asserting_model_falls_back_once(monkeypatch):
+    data = MIX_DATA[:3]
+    init(asserting_model, asserting_guide, data)
+    assert_falls_back_to_sequential(monkeypatch, ["z"], asserting_model, asserting_guide,
+                                    ["phi", "locs"], data, match="AssertionError")
+
+
+def test_shape_asserting_model_is_unbiased():
     data = MIX_DATA[:3]
     init(asserting_model, asserting_guide, data)
     names = ["phi", "locs"]
     exact = brute_force_gradient(asserting_model, asserting_guide, names, data)
-    draws, caught = draws_and_warnings(ARSM_ELBO(num_particles=4), asserting_model,
-                                       asserting_guide, names, 300, data)
-    assert_unbiased(draws, exact, power=0.1, label="shape-asserting model")
-    assert len(caught) == 1 and "AssertionError" in caught[0]
+    draws = sequential_draws(asserting_model, asserting_guide, names, 200, data)
+    assert_unbiased(draws, exact, label="shape-asserting model")
 
 
 # ---------------------------------------------------------------------------------------------
 # What is remembered per model structure
 # ---------------------------------------------------------------------------------------------
-
-
-def count_passes(monkeypatch):
-    calls = {"batched": 0, "sequential": 0}
-    for name in calls:
-        original = getattr(_PseudoPass, name)
-
-        def counted(self, actions, replay_all=False, _name=name, _original=original):
-            calls[_name] += 1
-            return _original(self, actions, replay_all)
-
-        monkeypatch.setattr(_PseudoPass, name, counted)
-    return calls
 
 
 def test_failed_batched_pass_is_not_retried(monkeypatch):
