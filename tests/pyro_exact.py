@@ -4,15 +4,25 @@ Every unbiasedness test compares the Monte Carlo mean of a gradient estimator wi
 gradient: either TraceEnum_ELBO with the guide's discrete sites enumerated (exact over them; any
 continuous sites are still sampled, so the reference then has its own standard error), or a brute
 force sum over every joint value of the guide's discrete sites.
+
+Where the batched pseudo pass does not fit a model, :func:`assert_falls_back_to_sequential`
+checks the default path's decision deterministically (its warning, which passes ran, gradients
+equal bit for bit to ``vectorize_pseudo=False`` from the same seed), so one z-test of the
+sequential path covers both.
 """
 
 import itertools
+import re
 
 import pyro
 import pyro.poutine as poutine
+import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyro.poutine.subsample_messenger import _Subsample
+
+from pyro_arsm import ARSM_ELBO
+from pyro_arsm.elbo import _PseudoPass
 
 Z_MAX = 5.0
 
@@ -104,6 +114,52 @@ def brute_force_gradient(model, guide, names, *args, **kwargs):
         log_p = model_trace.log_prob_sum()
         total = total + log_q.exp() * (log_q - log_p)
     return flat_grad(total, params)
+
+
+_FALLBACK = r"batched pseudo-action pass for guide site '{}' (failed|gives other costs)"
+
+
+def count_passes(monkeypatch):
+    """Counts the calls of the batched and the sequential pseudo pass."""
+    calls = {"batched": 0, "sequential": 0}
+    for name in calls:
+        original = getattr(_PseudoPass, name)
+
+        def counted(self, actions, replay_all=False, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self, actions, replay_all)
+
+        monkeypatch.setattr(_PseudoPass, name, counted)
+    return calls
+
+
+def _gradient(elbo, model, guide, names, *args):
+    return flat_grad(elbo.differentiable_loss(model, guide, *args), param_tensors(names))
+
+
+def assert_falls_back_to_sequential(monkeypatch, sites, model, guide, names, *args, match="",
+                                    num_particles=4):
+    """Two steps of the default path: the first warns once per site in ``sites`` (each message
+    matching ``match`` too) and tries each site's batched pass once (the check), the second
+    warns no more and runs no batched pass; both steps' gradients equal those of
+    ``vectorize_pseudo=False`` from the same seed, bit for bit."""
+    calls = count_passes(monkeypatch)
+    elbo = ARSM_ELBO(num_particles=num_particles)
+    pattern = _FALLBACK.format("(?:" + "|".join(map(re.escape, sites)) + ")")
+    pyro.set_rng_seed(5)
+    with pytest.warns(UserWarning, match=pattern) as caught:
+        first = _gradient(elbo, model, guide, names, *args)
+    messages = [str(w.message) for w in caught]
+    assert sorted(m.split("guide site ")[1].split("'")[1] for m in messages) == sorted(sites)
+    assert all(re.search(match, m) for m in messages), messages
+    assert calls["batched"] == len(sites)
+    sequential_before = calls["sequential"]
+    second = _gradient(elbo, model, guide, names, *args)  # warnings are errors here
+    assert calls["batched"] == len(sites) and calls["sequential"] > sequential_before
+    reference = ARSM_ELBO(num_particles=num_particles, vectorize_pseudo=False)
+    pyro.set_rng_seed(5)
+    expected = [_gradient(reference, model, guide, names, *args) for _ in range(2)]
+    assert torch.equal(torch.stack([first, second]), torch.stack(expected))
 
 
 def z_scores(draws, exact, exact_se=None):

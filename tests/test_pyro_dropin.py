@@ -14,7 +14,6 @@ gradient.
 
 import itertools
 import math
-import re
 import warnings
 
 import pyro
@@ -22,26 +21,19 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO, config_enumerate
-
-from pyro_arsm import ARSM_ELBO
-
-try:
-    from pyro_arsm.elbo import _PseudoPass
-except ImportError:
-    _PseudoPass = None
 from pyro_exact import (
+    assert_falls_back_to_sequential,
     assert_unbiased,
     brute_force_gradient,
+    count_passes,
     enum_gradient,
-    flat_grad,
     gradient_draws,
-    param_tensors,
 )
 from pyro_models import init
 
-pytestmark = pytest.mark.usefixtures("fresh_param_store")
+from pyro_arsm import ARSM_ELBO
 
-FALLBACK = r"batched pseudo-action pass for guide site '{}' (failed|gives other costs)"
+pytestmark = pytest.mark.usefixtures("fresh_param_store")
 
 
 def draws_and_warnings(elbo, model, guide, names, num_draws, *args):
@@ -49,47 +41,6 @@ def draws_and_warnings(elbo, model, guide, names, num_draws, *args):
         warnings.simplefilter("always")
         draws = gradient_draws(elbo, model, guide, names, num_draws, *args)
     return draws, [str(w.message) for w in caught if "ARSM_ELBO" in str(w.message)]
-
-
-def count_passes(monkeypatch):
-    calls = {"batched": 0, "sequential": 0}
-    for name in calls:
-        original = getattr(_PseudoPass, name)
-
-        def counted(self, actions, replay_all=False, _name=name, _original=original):
-            calls[_name] += 1
-            return _original(self, actions, replay_all)
-
-        monkeypatch.setattr(_PseudoPass, name, counted)
-    return calls
-
-
-def gradient(elbo, model, guide, names, *args):
-    return flat_grad(elbo.differentiable_loss(model, guide, *args), param_tensors(names))
-
-
-def assert_falls_back_to_sequential(monkeypatch, sites, model, guide, names, *args, match=""):
-    """Two steps of the default path: the first warns once per site in ``sites`` (each message
-    matching ``match`` too) and tries each site's batched pass once (the check), the second
-    warns no more and runs no batched pass; both steps' gradients equal those of
-    ``vectorize_pseudo=False`` from the same seed, bit for bit."""
-    calls = count_passes(monkeypatch)
-    elbo = ARSM_ELBO(num_particles=4)
-    pattern = FALLBACK.format("|".join(sites)).replace("'|'", "|")
-    pyro.set_rng_seed(5)
-    with pytest.warns(UserWarning, match=pattern) as caught:
-        first = gradient(elbo, model, guide, names, *args)
-    messages = [str(w.message) for w in caught]
-    assert sorted(m.split("guide site ")[1].split("'")[1] for m in messages) == sorted(sites)
-    assert all(re.search(match, m) for m in messages), messages
-    assert calls["batched"] == len(sites)
-    sequential_before = calls["sequential"]
-    second = gradient(elbo, model, guide, names, *args)  # warnings are errors here
-    assert calls["batched"] == len(sites) and calls["sequential"] > sequential_before
-    reference = ARSM_ELBO(num_particles=4, vectorize_pseudo=False)
-    pyro.set_rng_seed(5)
-    expected = [gradient(reference, model, guide, names, *args) for _ in range(2)]
-    assert torch.equal(torch.stack([first, second]), torch.stack(expected))
 
 
 def sequential_draws(model, guide, names, num_draws, *args):
