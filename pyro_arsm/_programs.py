@@ -23,6 +23,8 @@ class ProgramState:
     :ivar dict pseudo_mode: ``(signature, site)`` -> ``"batched"`` or ``"sequential"``.
     :ivar bool needs_grad: the program needs autograd in its pseudo passes (it calls
         ``torch.autograd.grad``), so they run with gradient recording on.
+    :ivar compiled: :class:`~pyro_arsm.JitARSM_ELBO`'s compiled loss function (``None`` until
+        the first call), and ``finite_names`` the sites whose finiteness flags it returns.
     """
 
     def __init__(self, provenance):
@@ -30,6 +32,8 @@ class ProgramState:
         self.deps = {}
         self.pseudo_mode = {}
         self.needs_grad = False
+        self.compiled = None
+        self.finite_names = []
 
 
 class _Strong:

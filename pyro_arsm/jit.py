@@ -57,30 +57,30 @@ class JitARSM_ELBO(ARSM_ELBO):
                              "be 'auto' or True (use ARSM_ELBO for vectorize_pseudo=False)")
         self._static = True
         self.jit_options = jit_options
-        self._compiled = {}  # (id(model), id(guide)) -> the compiled loss-and-surrogate function
-        self._finite_names = {}
 
     def _jit_loss_and_surrogate_loss(self, model, guide, args, kwargs):
-        key = (id(model), id(guide))
-        if key not in self._compiled:
+        # one compiled function per program (the program cache of ARSM_ELBO, which knows a bound
+        # method again on the next call); it runs the model and guide it was compiled with
+        program = self._programs.get(model, guide, provenance=not self.cache_dependencies)
+        if program.compiled is None:
             weakself = weakref.ref(self)
 
             def loss_and_surrogate_loss(*args, **kwargs):
                 self = weakself()
                 loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
                 flags = self._finite_flags
-                self._finite_names[key] = [name for name, _ in flags]
+                program.finite_names = [name for name, _ in flags]
                 finite = (torch.stack([flag for _, flag in flags]) if flags
                           else torch.ones(0, dtype=torch.bool))
                 return torch.as_tensor(loss), torch.as_tensor(surrogate), finite
 
             jit_options = dict(self.jit_options or {})
-            self._compiled[key] = pyro.ops.jit.trace(
+            program.compiled = pyro.ops.jit.trace(
                 loss_and_surrogate_loss, ignore_warnings=self.ignore_jit_warnings,
                 jit_options=jit_options)
-        loss, surrogate, finite = self._compiled[key](*args, **kwargs)
+        loss, surrogate, finite = program.compiled(*args, **kwargs)
         if finite.numel() and not bool(finite.all()):
-            name = self._finite_names[key][int((~finite).nonzero()[0, 0])]
+            name = program.finite_names[int((~finite).nonzero()[0, 0])]
             raise ValueError(
                 f"JitARSM_ELBO: guide site '{name}' has NaN or infinite logits. ARSM needs finite "
                 "logits: check the network or parameters producing them (NaN usually means a "

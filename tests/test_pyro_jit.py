@@ -104,8 +104,26 @@ def test_compiled_once_and_python_not_rerun():
     assert len(calls) == runs_after_compiling  # the model's Python no longer runs
     assert len(set(losses)) > 1  # fresh randomness on every compiled step
     assert all(torch.isfinite(torch.tensor(losses)))
-    compiled = list(elbo._compiled.values())
+    compiled = [state.compiled for state in elbo._programs._states.values() if state.compiled]
     assert len(compiled) == 1 and len(compiled[0].compiled) == 1
+
+
+class _Program:
+    def model(self, data):
+        plated_model(data)
+
+    def guide(self, data):
+        plated_guide(data)
+
+
+def test_bound_methods_compile_once():
+    """``obj.model`` is a new object on every access: the program is still compiled once."""
+    obj = _Program()
+    elbo = JitARSM_ELBO(max_plate_nesting=1)
+    for _ in range(4):
+        elbo.loss_and_grads(obj.model, obj.guide, PLATED_DATA)
+    compiled = [state.compiled for state in elbo._programs._states.values() if state.compiled]
+    assert len(elbo._programs) == 1 and len(compiled) == 1 and len(compiled[0].compiled) == 1
 
 
 def test_estimator_ars_is_refused():
