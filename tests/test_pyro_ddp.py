@@ -37,8 +37,8 @@ WORLD_SIZE = 2
 DATA = torch.tensor([-1.3, 0.2, 2.1, 0.9, -0.4, 1.7, 3.0, -2.2])
 N = len(DATA)
 GLOBAL_BATCH = 4  # each rank scores GLOBAL_BATCH // WORLD_SIZE points per step
-NUM_DRAWS = 200
-NUM_PARTICLES = 4  # vectorized, per rank and step: less ARSM noise per draw at no extra time
+NUM_DRAWS = 350
+NUM_PARTICLES = 16  # vectorized, per rank and step: less ARSM noise per draw at no extra time
 BATCH_SEED = 1  # the global batches: the same stream on every rank
 NOISE_SEED = 10  # the ARSM noise: NOISE_SEED + rank
 NUM_CLUSTERS = 3
@@ -139,8 +139,8 @@ def test_ddp_all_reduces_arsm_gradients(rank_gradients):
 
 def test_ddp_gradient_unbiased_for_full_data(rank_gradients):
     exact = exact_full_data_gradient()
-    assert_unbiased(rank_gradients[0]["synced"], exact, power=0.1,
+    assert_unbiased(rank_gradients[0]["synced"], exact,
                     label=f"DDP over {WORLD_SIZE} ranks, batch {GLOBAL_BATCH} of {N}")
     # each rank's own estimate is unbiased too (its subsample scaled by N / len(idx))
     for rank, grads in enumerate(rank_gradients):
-        assert_unbiased(grads["local"], exact, power=0.1, label=f"rank {rank} alone")
+        assert_unbiased(grads["local"], exact, label=f"rank {rank} alone")
