@@ -279,6 +279,9 @@ class ARSM_ELBO(ELBO):
         the data flow from a site to the costs changes between steps while the structure does
         not, e.g. through Python branches on the model's arguments). Models with score-function
         sites always track provenance.
+    :param retain_graph: as for :class:`~pyro.infer.ELBO`; ``ignore_jit_warnings`` and
+        ``strict_enumeration_warning`` are accepted as the other Pyro ELBOs accept them, so that
+        a call written for :class:`~pyro.infer.TraceGraph_ELBO` runs unchanged.
 
     References
 
@@ -302,6 +305,7 @@ class ARSM_ELBO(ELBO):
         cache_dependencies: bool = True,
         retain_graph: Optional[bool] = None,
         ignore_jit_warnings: bool = False,
+        strict_enumeration_warning: bool = True,
     ) -> None:
         if estimator not in _ESTIMATORS:
             raise ValueError(
@@ -312,6 +316,7 @@ class ARSM_ELBO(ELBO):
             vectorize_particles=vectorize_particles,
             retain_graph=retain_graph,
             ignore_jit_warnings=ignore_jit_warnings,
+            strict_enumeration_warning=strict_enumeration_warning,
         )
         self.estimator = estimator
         self.num_rloo_samples = num_rloo_samples
