@@ -60,9 +60,25 @@ class _AtNode(Messenger):
         msg["value"] = jnp.broadcast_to(value, msg["fn"].shape())
 
 
+def _joint_values(discrete):
+    """Every joint value of the discrete sites, one stacked array per site (``[N, *shape]``)."""
+    grids = []
+    for _, site in discrete:
+        shape = jnp.shape(site["value"])
+        num = int(np.prod(shape))
+        values = range(_num_values(site["fn"]))
+        grids.append(np.array(list(itertools.product(values, repeat=num)),
+                              dtype=np.int32).reshape((-1,) + shape))
+    index = np.indices([len(g) for g in grids]).reshape(len(grids), -1)
+    return [jnp.asarray(g[i]) for g, i in zip(grids, index, strict=True)]
+
+
 def enum_loss(model, guide, params, *args, key=None, nodes=None):
     """``-ELBO`` summed exactly over the guide's discrete sites (continuous sites drawn with
-    ``key``, or those named in ``nodes`` put at their quadrature node)."""
+    ``key``, or those named in ``nodes`` put at their quadrature node).
+
+    The model and guide are traced once and ``vmap``-ped over the stacked joint values, so the
+    program's size does not grow with their number."""
     key = jax.random.PRNGKey(0) if key is None else key
     guide_key, model_key = jax.random.split(key)
     if nodes:
@@ -71,16 +87,10 @@ def enum_loss(model, guide, params, *args, key=None, nodes=None):
     discrete = [(n, s) for n, s in proto.items()
                 if s["type"] == "sample" and not s.get("is_observed", False)
                 and s["fn"].support.is_discrete]
-    supports = []
-    for _, site in discrete:
-        shape = jnp.shape(site["value"])
-        num = int(np.prod(shape))
-        values = range(_num_values(site["fn"]))
-        supports.append([jnp.array(v, dtype=jnp.int32).reshape(shape)
-                         for v in itertools.product(values, repeat=num)])
-    total = 0.0
-    for values in itertools.product(*supports):
-        data = {n: v for (n, _), v in zip(discrete, values, strict=True)}
+    names = [n for n, _ in discrete]
+
+    def weighted_elbo(values):
+        data = dict(zip(names, values, strict=True))
         guide_trace = trace(substitute(seed(substitute(guide, data=params), guide_key),
                                        data=data)).get_trace(*args)
         model_trace = trace(replay(seed(substitute(model, data=params), model_key),
@@ -97,8 +107,11 @@ def enum_loss(model, guide, params, *args, key=None, nodes=None):
                 if tr is guide_trace and n in data:
                     log_q_weight = log_q_weight + jnp.sum(
                         _unmasked(site["fn"]).log_prob(site["value"]))
-        total = total + jnp.exp(log_q_weight) * elbo
-    return -total
+        return jnp.exp(log_q_weight) * elbo
+
+    if not discrete:
+        return -weighted_elbo([])
+    return -jnp.sum(jax.vmap(weighted_elbo)(_joint_values(discrete)))
 
 
 def flatten(tree, names):
@@ -107,20 +120,25 @@ def flatten(tree, names):
 
 def exact_gradient(model, guide, params, names, *args, num_keys=1, seed_=0):
     """Exact gradient (mean, standard error) of ``-ELBO`` w.r.t. ``params[names]``."""
-    grad = jax.jit(jax.grad(lambda p, k: enum_loss(model, guide, p, *args, key=k)))
+    grad = jax.grad(lambda p, k: enum_loss(model, guide, p, *args, key=k))
     keys = jax.random.split(jax.random.PRNGKey(seed_ + 12345), num_keys)
-    draws = jnp.stack([flatten(grad(params, k), names) for k in keys])
+    grads = quick_jit(jax.vmap(grad, in_axes=(None, 0)), params, keys)
+    draws = jnp.concatenate([grads[n].reshape(num_keys, -1) for n in names], -1)
     if num_keys == 1:
         return draws[0], jnp.zeros_like(draws[0])
     return draws.mean(0), draws.std(0) / np.sqrt(num_keys)
 
 
-def quick_jit(fn, *args):
-    """``jax.jit(fn)(*args)`` compiled without XLA's backend optimizations: a test's program
-    runs once, and on CPU compiling it optimized takes several times as long as running it."""
-    compiled = jax.jit(fn).lower(*args).compile(
+def quick_compile(fn, *args):
+    """``jax.jit(fn)`` compiled for ``args`` without XLA's backend optimizations: on CPU,
+    compiling a test's program optimized takes several times as long as all its calls."""
+    return jax.jit(fn).lower(*args).compile(
         compiler_options={"xla_backend_optimization_level": 0})
-    return compiled(*args)
+
+
+def quick_jit(fn, *args):
+    """``jax.jit(fn)(*args)`` compiled by :func:`quick_compile` (a program that runs once)."""
+    return quick_compile(fn, *args)(*args)
 
 
 def quadrature_gradient(model, guide, params, names, *args, sites=("z",), num_nodes=40):
@@ -148,9 +166,11 @@ def vmapped_gradient_draws(elbo, model, guide, params, names, num_draws, *args, 
 
 
 def gradient_draws(elbo, model, guide, params, names, num_draws, *args, seed_=0):
-    """``num_draws`` gradient estimates ``[num_draws, D]`` of ``elbo.loss`` (jitted)."""
-    grad = jax.jit(jax.grad(lambda p, k: elbo.loss(k, p, model, guide, *args)))
+    """``num_draws`` gradient estimates ``[num_draws, D]`` of ``elbo.loss`` (compiled once by
+    :func:`quick_compile`, called once per key)."""
     keys = jax.random.split(jax.random.PRNGKey(seed_), num_draws)
+    grad = quick_compile(jax.grad(lambda p, k: elbo.loss(k, p, model, guide, *args)),
+                         params, keys[0])
     return jnp.stack([flatten(grad(params, k), names) for k in keys])
 
 
