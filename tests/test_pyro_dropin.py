@@ -134,7 +134,7 @@ def test_mixing_model_with_discrete_downstream_site_falls_back_once_per_site(mon
 def test_mixing_model_with_discrete_downstream_site_against_brute_force():
     init(discrete_mixing_model, discrete_mixing_guide)
     exact = brute_force_gradient(discrete_mixing_model, discrete_mixing_guide, ["e"])
-    draws = sequential_draws(discrete_mixing_model, discrete_mixing_guide, ["e"], 1700)
+    draws = sequential_draws(discrete_mixing_model, discrete_mixing_guide, ["e"], 1500)
     assert_unbiased(draws, exact, label="mixing model, discrete downstream site")
 
 
