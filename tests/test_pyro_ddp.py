@@ -33,6 +33,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pyro_arsm import ARSM_ELBO
 
+# two spawned processes import torch and Pyro afresh: seconds before the first step
+pytestmark = pytest.mark.slow
+
 WORLD_SIZE = 2
 DATA = torch.tensor([-1.3, 0.2, 2.1, 0.9, -0.4, 1.7, 3.0, -2.2])
 N = len(DATA)

@@ -165,6 +165,7 @@ def test_model_reading_elements_by_index_falls_back_once(monkeypatch):
                                     BERN_DATA)
 
 
+@pytest.mark.slow
 def test_model_reading_elements_by_index_is_unbiased():
     init(indexing_model, indexing_guide, BERN_DATA)
     exact = brute_force_gradient(indexing_model, indexing_guide, ["phi"], BERN_DATA)
@@ -216,6 +217,7 @@ def test_network_concatenating_along_fixed_dim_falls_back_once(monkeypatch):
                                     CAT_X, match="failed")
 
 
+@pytest.mark.slow
 def test_network_concatenating_along_fixed_dim_is_unbiased():
     init_concat()
     exact = brute_force_gradient(concat_model, concat_guide, CONCAT_NAMES, CAT_X)
@@ -305,6 +307,7 @@ def test_shape_asserting_model_falls_back_once(monkeypatch):
                                     ["phi", "locs"], data, match="AssertionError")
 
 
+@pytest.mark.slow
 def test_shape_asserting_model_is_unbiased():
     data = MIX_DATA[:3]
     init(asserting_model, asserting_guide, data)

@@ -32,6 +32,7 @@ from pyro_arsm import ARSM_ELBO
 pytestmark = pytest.mark.usefixtures("fresh_param_store")
 
 
+@pytest.mark.slow
 def test_unbiased_without_vectorized_particles():
     # the plain path: one particle per call, and a sequential loop over three particles
     init(plated_model, plated_guide, PLATED_DATA)
@@ -261,6 +262,7 @@ def test_model_that_does_not_broadcast_falls_back_once(model, monkeypatch):
                                     PLATED_DATA, match="one at a time", num_particles=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, num_draws", [(_flattening_model, 400), (_summing_model, 600)])
 def test_model_that_does_not_broadcast_is_unbiased_on_the_sequential_path(model, num_draws):
     init(model, _plain_guide, PLATED_DATA)
