@@ -326,8 +326,7 @@ def test_failed_batched_pass_is_not_retried(monkeypatch):
     data = MIX_DATA[:3]
     calls = count_passes(monkeypatch)
     elbo = ARSM_ELBO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with pytest.warns(UserWarning, match="guide site 'z' failed.*AssertionError"):
         for _ in range(6):
             elbo.loss_and_grads(asserting_model, asserting_guide, data)
     # the check's batched attempt on the first step, then only the sequential path

@@ -28,8 +28,10 @@ from pyro_arsm import JitARSM_ELBO
 
 pytestmark = [
     pytest.mark.usefixtures("fresh_param_store"),
-    # torch.jit.trace is deprecated in torch 2.13 (it still works), and tracing Pyro warns
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    # torch.jit.trace is deprecated in torch 2.13 (it still works)
+    pytest.mark.filterwarnings(r"ignore:`torch\.jit\.trace` is deprecated:DeprecationWarning"),
+    # tracing warns at every Python bool, len() or torch.tensor of a traced value (Pyro's own
+    # JitTrace_ELBO silences these with ignore_jit_warnings=True)
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
 ]
 
