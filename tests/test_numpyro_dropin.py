@@ -196,8 +196,7 @@ def test_enumeration_mark_changes_nothing_but_the_warning(case):
         "mixture": (mixture_model, mixture_guide, MIX, MIX_DATA),
         "chain": (chain_model, chain_guide, CHAIN, jnp.array(0.5))}[name]
     elbo = ARSM_ELBO(estimator=estimator)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with pytest.warns(UserWarning, match="marked for enumeration"):
         marked = _grad_fn(elbo, model, config_enumerate(guide), data)(
             params, jax.random.PRNGKey(1))
     plain = _grad_fn(elbo, model, guide, data)(params, jax.random.PRNGKey(1))
@@ -209,8 +208,7 @@ def test_enumeration_mark_changes_nothing_but_the_warning(case):
 def test_config_enumerate_guide_gradient_is_unbiased():
     names = ["phi", "alpha", "locs"]
     exact, _ = exact_gradient(mixture_model, mixture_guide, MIX, names, MIX_DATA)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with pytest.warns(UserWarning, match="marked for enumeration"):
         draws = gradient_draws(ARSM_ELBO(num_particles=200), mixture_model,
                                enumerated_mixture_guide, MIX, names, 60, MIX_DATA)
     assert_unbiased(draws, exact, label="config_enumerate mixture guide")

@@ -27,8 +27,6 @@ from numpyro_models import (  # noqa: E402
     PLATED,
     PLATED_DATA,
     SINGLE,
-    SUB,
-    SUB_DATA,
     bernoulli_guide,
     bernoulli_model,
     chain_guide,
@@ -37,8 +35,6 @@ from numpyro_models import (  # noqa: E402
     plated_model,
     single_guide,
     single_model,
-    subsampled_guide,
-    subsampled_model,
     to_event_guide,
     to_event_model,
 )
@@ -190,13 +186,6 @@ def test_unbiased_plate_under_handlers_scale():
     check_unbiased(plated_model, plated_guide, PLATED, ["phi", "locs"], (PLATED_DATA, 2.5),
                    exact_args=(PLATED_DATA,), scale=2.5,
                    label="numpyro plate + handlers.scale(2.5)")
-
-
-@pytest.mark.slow
-def test_unbiased_subsampled_plate_full_data_gradient():
-    check_unbiased(subsampled_model, subsampled_guide, SUB, ["phi", "locs"], (SUB_DATA, 2),
-                   exact_args=(SUB_DATA,), particles=50, draws=300, power=0.1,
-                   label="numpyro subsample_size=2 of 6")
 
 
 def test_unbiased_chained_categoricals():
