@@ -96,9 +96,18 @@ def _key_with_nan_only_in_pseudo_passes(num_particles):
     raise AssertionError("no key found with NaN logits in pseudo passes only")
 
 
-@pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("num_particles", [1, 3])
-@pytest.mark.parametrize("where", ["real pass", "pseudo passes only"])
+def _nan_cases():
+    """Every combination; two of them (each setting once) in the quick stage."""
+    for jit in (False, True):
+        for num_particles in (1, 3):
+            for where in ("real pass", "pseudo passes only"):
+                quick = (jit, num_particles, where) in (
+                    (False, 1, "real pass"), (True, 3, "pseudo passes only"))
+                yield pytest.param(jit, num_particles, where,
+                                   marks=() if quick else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("jit, num_particles, where", list(_nan_cases()))
 def test_nan_logits_of_a_downstream_site_raise_naming_it(jit, num_particles, where):
     key = jax.random.PRNGKey(0)
     with numpyro.validation_enabled(False):
