@@ -805,8 +805,8 @@ class _PseudoPass:
     left of ``max_plate_nesting``, or one action at a time.
 
     Guide sites upstream of or independent of the site are replayed (and subsample indices);
-    downstream ones are re-sampled, discrete ones from the real pass's noise and, on the
-    sequential path, the others from the real pass's torch RNG stream (common random numbers).
+    downstream ones are re-sampled, discrete ones from the real pass's noise and the others from
+    their own random streams of the real pass, on both paths (common random numbers).
     With ``replay_all``, downstream sites are replayed too (for the batched-pass check).
     """
 
