@@ -113,6 +113,22 @@ def _names(cases):
 COLUMNS = [case for case in CATEGORICAL if "column_costs" in case]
 
 
+def _staged(cases, quick):
+    """``cases`` as pytest params: those named in ``quick`` run in the quick stage, the rest in
+    the full stage only (each NumPyro case compiles its own programs, 2-3 s apiece on 2 cores;
+    the Pyro cases run in milliseconds and are all quick)."""
+    return [pytest.param(case, id=case["name"],
+                         marks=() if case["name"] in quick else pytest.mark.slow)
+            for case in cases]
+
+
+# one quick case per batch shape, category count and cost kind
+QUICK_CATEGORICAL = {"C2_batch4", "C10_batch2x3", "C3_to_event_4x3", "C4_joint_cost_2x3",
+                     "C5_shared_logits_4"}
+QUICK_COLUMNS = {"C2_batch4", "C5_batch2x3", "C10_batchscalar"}
+QUICK_BERNOULLI = {"scalar", "to_event_4x3"}
+
+
 # ---------------------------------------------------------------------------------------------
 # pyro_arsm (torch, float64 tensors)
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +213,7 @@ def test_numpyro_swap_permutations_match_vectors():
         _check_swap_permutations(est, to_numpy)
 
 
-@pytest.mark.parametrize("case", CATEGORICAL, ids=_names(CATEGORICAL))
+@pytest.mark.parametrize("case", _staged(CATEGORICAL, QUICK_CATEGORICAL))
 def test_numpyro_categorical_estimators_match_vectors(case):
     jax, est, real, integer, to_numpy = _jax_backend()
     with _enable_x64(jax):
@@ -208,7 +224,7 @@ def test_numpyro_categorical_estimators_match_vectors(case):
         _close(to_numpy(ars), case["ars_grad"], "jit ars_grad", case)
 
 
-@pytest.mark.parametrize("case", COLUMNS, ids=_names(COLUMNS))
+@pytest.mark.parametrize("case", _staged(COLUMNS, QUICK_COLUMNS))
 def test_numpyro_column_estimators_match_vectors(case):
     jax, est, real, integer, to_numpy = _jax_backend()
     with _enable_x64(jax):
@@ -219,7 +235,7 @@ def test_numpyro_column_estimators_match_vectors(case):
         _close(to_numpy(arsm), case["arsm_grad_from_columns"], "jit arsm_grad_from_columns", case)
 
 
-@pytest.mark.parametrize("case", BERNOULLI, ids=_names(BERNOULLI))
+@pytest.mark.parametrize("case", _staged(BERNOULLI, QUICK_BERNOULLI))
 def test_numpyro_bernoulli_estimators_match_vectors(case):
     jax, est, real, _, to_numpy = _jax_backend()
     with _enable_x64(jax):
