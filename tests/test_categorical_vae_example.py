@@ -60,6 +60,7 @@ def test_pyro_gumbel_reports_discrete_test_elbo(tmp_path):
         arsm["curve"][0]["test_neg_elbo"], rel=1e-6)
 
 
+@pytest.mark.slow  # 15 s of XLA compilation; the Pyro runs smoke-test the script in the quick stage
 def test_numpyro_arsm_jitted_writes_curve(tmp_path):
     pytest.importorskip("numpyro")
     run = categorical_vae.main(["--backend", "numpyro", "--steps", "3", "--out", str(tmp_path)])
@@ -69,6 +70,7 @@ def test_numpyro_arsm_jitted_writes_curve(tmp_path):
     assert run["evaluations"] == [46, 46, 46]
 
 
+@pytest.mark.slow  # a child process that imports jax
 def test_numpyro_gumbel_exits_with_a_clear_message():
     completed = subprocess.run(
         [sys.executable, str(EXAMPLES / "categorical_vae.py"), "--backend", "numpyro",

@@ -61,6 +61,7 @@ def test_pyro_compare_estimators_table():
     assert_variance_matches(by_name["arsm"]["variance"], draws)
 
 
+@pytest.mark.slow  # eager NumPyro gradients; the Pyro table test is quick
 def test_numpyro_compare_estimators_table():
     pytest.importorskip("numpyro")
     from numpyro_exact import gradient_draws

@@ -1,7 +1,9 @@
 """Unit tests of ``numpyro_arsm.estimators`` (pure jax.numpy, no NumPyro), float32 throughout.
 
 The same properties as ``tests/test_pyro_estimators.py``, with fixed ``jax.random`` keys, plus the
-jit-traceability the NumPyro ELBO relies on.
+jit-traceability the NumPyro ELBO relies on. Each case compiles its own XLA programs (1-3 s on
+two cores), so a parametrized property runs on one case in the quick stage (``-m "not slow"``)
+and on every case in the full stage.
 """
 
 import itertools
@@ -14,6 +16,8 @@ import jax.numpy as jnp  # noqa: E402
 from numpyro_exact import Z_MAX, assert_unbiased, z_scores  # noqa: E402
 
 from numpyro_arsm import estimators as est  # noqa: E402
+
+SLOW = pytest.mark.slow  # a case that runs in the full stage only
 
 
 def _key(seed):
@@ -76,7 +80,7 @@ def test_sample_log_pi_is_dirichlet_and_sampling_is_softmax():
     assert (jnp.abs(freq - p) < 5 * jnp.sqrt(p * (1 - p) / n)).all()
 
 
-@pytest.mark.parametrize("C", [2, 3, 7])
+@pytest.mark.parametrize("C", [pytest.param(2, marks=SLOW), 3, pytest.param(7, marks=SLOW)])
 def test_arsm_grad_sums_to_zero(C):
     log_pi = est.sample_log_pi(_key(4), (50, 3), C)
     costs = jax.random.normal(_key(5), (est.num_swap_rows(C), 50, 3))
@@ -141,7 +145,8 @@ def _exact_categorical_grad(logits, f):
     return p * (f - (p * f).sum())
 
 
-@pytest.mark.parametrize("estimator", ["arsm", "ars", "ar"])
+@pytest.mark.parametrize("estimator", ["arsm", pytest.param("ars", marks=SLOW),
+                                       pytest.param("ar", marks=SLOW)])
 def test_univariate_estimators_unbiased(estimator):
     C, n = 5, 100_000
     logits = jnp.array([0.5, -1.0, 0.0, 1.5, -0.2])
@@ -191,7 +196,7 @@ def test_multivariate_shared_swap_unbiased_for_joint_f():
     assert_unbiased(g.reshape(n, -1), exact.reshape(-1), label="shared swap, joint f")
 
 
-@pytest.mark.parametrize("multivariate", [False, True])
+@pytest.mark.parametrize("multivariate", [False, pytest.param(True, marks=SLOW)])
 def test_disarm_unbiased_and_lower_variance_than_arm(multivariate):
     n = 200_000
     a = jnp.array([0.7, -1.2, 0.0]) if multivariate else jnp.array([0.7])
@@ -250,7 +255,8 @@ def test_ars_grad_and_rows_accept_a_traced_reference():
         assert int(rows[reference]) == 0
 
 
-@pytest.mark.parametrize("estimator", ["arsm", "ars", "ar"])
+@pytest.mark.parametrize("estimator", ["arsm", pytest.param("ars", marks=SLOW),
+                                       pytest.param("ar", marks=SLOW)])
 def test_arsm_gradient_jits_and_returns_the_true_action(estimator):
     C = 4
     logits = jax.random.normal(_key(26), (5, C))
@@ -287,7 +293,9 @@ def test_column_actions_set_every_element_to_one_category():
     assert est.column_actions(3, ()).tolist() == [0, 1, 2]
 
 
-@pytest.mark.parametrize("C,element_shape", [(2, (2, 3)), (3, ()), (4, (2, 3)), (7, (6,))])
+@pytest.mark.parametrize("C,element_shape", [pytest.param(2, (2, 3), marks=SLOW),
+                                             pytest.param(3, (), marks=SLOW), (4, (2, 3)),
+                                             pytest.param(7, (6,), marks=SLOW)])
 def test_arsm_grad_from_columns_equals_arsm_grad_on_the_gathered_costs(C, element_shape):
     keys = jax.random.split(_key(100 + C), 3)
     logits = jax.random.normal(keys[0], element_shape + (C,))
@@ -309,7 +317,8 @@ def test_arsm_grad_from_columns_equals_arsm_grad_on_the_gathered_costs(C, elemen
     np.testing.assert_array_equal(np.asarray(swaps), expected_swaps)
 
 
-@pytest.mark.parametrize("C", [2, 3, 9, 40, 200])
+@pytest.mark.parametrize("C", [pytest.param(2, marks=SLOW), 3, pytest.param(9, marks=SLOW),
+                               pytest.param(40, marks=SLOW), 200])
 def test_sorted_swap_sums_equal_the_dense_swap_table(C):
     # _swap_costs_times (used from C = 160 on) reads (F w) off sorted prefix sums; check it
     # against F built swap by swap
@@ -339,7 +348,7 @@ def test_arsm_grad_from_columns_with_logits_shared_by_the_elements():
                                   (0, 1), (-2, -1))).all()
 
 
-@pytest.mark.parametrize("element_shape", [(), (2, 3)])
+@pytest.mark.parametrize("element_shape", [pytest.param((), marks=SLOW), (2, 3)])
 def test_local_grad_is_the_gradient_of_the_expectation(element_shape):
     C = 5
     logits = jax.random.normal(_key(120), element_shape + (C,))
@@ -352,7 +361,7 @@ def test_local_grad_is_the_gradient_of_the_expectation(element_shape):
     assert jnp.allclose(jax.jit(est.local_grad)(columns, logits), exact, atol=1e-6)
 
 
-@pytest.mark.parametrize("element_shape", [(), (2, 3)])
+@pytest.mark.parametrize("element_shape", [pytest.param((), marks=SLOW), (2, 3)])
 def test_bernoulli_local_grad_is_the_gradient_of_the_expectation(element_shape):
     a = jax.random.normal(_key(122), element_shape)
     columns = jax.random.normal(_key(123), (2,) + element_shape)

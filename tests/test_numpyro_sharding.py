@@ -176,6 +176,7 @@ def _assert_close(actual, desired, name):
                                err_msg=name)
 
 
+@pytest.mark.slow  # a child process that imports jax and compiles both programs
 def test_loss_and_grad_sharded_equal_single_device(tmp_path):
     meta, out = _run_child("grad", tmp_path)
     _assert_sharded(meta)
@@ -197,6 +198,7 @@ def test_loss_and_grad_sharded_equal_single_device(tmp_path):
             _assert_close(out[f"other_key/grad/{name}"], out[f"one/grad/{name}"], name)
 
 
+@pytest.mark.slow
 def test_svi_update_sharded_equal_single_device(tmp_path):
     meta, out = _run_child("update", tmp_path)
     _assert_sharded(meta)

@@ -72,7 +72,8 @@ def exact_gradient(exact_loss, names, *args):
 
 def _cases():
     """structure x kind x path x estimator; AR needs no pseudo pass, so it runs once (on the
-    default path). Heavier combinations are marked slow; each structure keeps fast ones."""
+    default path). The quick stage runs ARSM on the default and the sequential path of every
+    structure and kind; the other paths and estimators run in the full stage."""
     cases = []
     for name in CONTINUOUS + list(PAIRS):
         kinds = KINDS if name in CONTINUOUS else ["mixed"]
@@ -81,7 +82,7 @@ def _cases():
                 for estimator in ESTIMATORS:
                     if estimator == "ar" and path != "auto":
                         continue
-                    fast = estimator == "arsm" or (path is False and estimator != "ars")
+                    fast = estimator == "arsm" and path is not True
                     marks = () if fast else (pytest.mark.slow,)
                     cases.append(pytest.param(name, kind, path, estimator, marks=marks,
                                               id=f"{name}-{kind}-{path}-{estimator}"))
@@ -201,8 +202,15 @@ def test_fallback_model_fails_the_batched_path(kind):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("order", list(PAIRS))
+def _non_separable_cases():
+    """Each order on each path; one order per path in the quick stage."""
+    quick = {("bern_cat", False), ("cat_bern", "auto"), ("bern_cat", True)}
+    return [pytest.param(order, path, id=f"{order}-{path}",
+                         marks=() if (order, path) in quick else pytest.mark.slow)
+            for order in PAIRS for path in PATHS]
+
+
+@pytest.mark.parametrize("order, path", _non_separable_cases())
 def test_local_on_non_separable_chain_falls_back_to_arsm(order, path):
     # pair_model's "total" lies outside the plate and sums over it: neither site's cost is
     # element-separable, so "local" warns (once per site) and uses ARSM, still unbiased

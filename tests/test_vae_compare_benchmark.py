@@ -3,9 +3,11 @@ for the same (tiny) wall-clock budget, and the table, plot and JSON are written.
 
 import math
 
+import pytest
 import vae_compare  # fails loudly if the benchmark, the example it loads or their deps break
 
 
+@pytest.mark.slow  # trains every estimator for a second each
 def test_compare_trains_every_estimator_for_the_budget(tmp_path):
     # two test evaluations per estimator (the default, 20, takes most of the time)
     result = vae_compare.main(["--time-budget", "1", "--eval-every", "0.5s",
