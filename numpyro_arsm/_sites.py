@@ -1,6 +1,7 @@
-"""Site inspection: which guide sites ARSM handles and how their values, logits and per-element
-log-probabilities look. Used by :mod:`numpyro_arsm.elbo` and :mod:`numpyro_arsm.autoguide` (the
-Pyro package's ``_sites`` module has the same functions and signatures)."""
+"""Site inspection: which guide sites ARSM handles and how their logits and per-element
+log-probabilities look. Used by the ELBO's modules and :mod:`numpyro_arsm.autoguide` (the Pyro
+package's ``_sites`` module has the same functions and signatures, and ``value_from_action``
+besides: NumPyro has no one-hot categorical, so a value here is the action itself)."""
 
 import jax.numpy as jnp
 from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
@@ -38,16 +39,6 @@ def site_logits(kind, base, element_shape):
     if kind == "bernoulli":
         return jnp.broadcast_to(logits, element_shape)
     return jnp.broadcast_to(logits, element_shape + logits.shape[-1:])
-
-
-def value_from_action(kind, action, num_categories, dtype=jnp.int32):
-    """NumPyro's value for an action: the index (Categorical) or 0/1 (Bernoulli), as ``dtype``.
-
-    ``kind`` and ``num_categories`` are those of Pyro's function of the same name: NumPyro has
-    no one-hot categorical, so every kind's value is the action itself.
-    """
-    del kind, num_categories
-    return jnp.asarray(action).astype(dtype)
 
 
 def event_ndims(fn):

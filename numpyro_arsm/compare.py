@@ -14,10 +14,12 @@ import numpy as np
 from numpyro.infer import TraceGraph_ELBO
 
 from numpyro_arsm.elbo import ARSM_ELBO
+from numpyro_arsm.estimators import ESTIMATORS
 
 __all__ = ["compare_estimators", "format_table"]
 
-DEFAULT_ESTIMATORS = ("arsm", "ars", "ar", "rloo", "tracegraph")
+# every estimator but "local" (exact only on element-separable sites), and NumPyro's own
+DEFAULT_ESTIMATORS = tuple(n for n in ESTIMATORS if n != "local") + ("tracegraph",)
 
 
 def _make_elbo(name, elbo_kwargs):

@@ -32,7 +32,6 @@ from numpyro_arsm._sites import (
     element_shape_of,
     elementwise_log_prob,
     site_logits,
-    value_from_action,
 )
 
 __all__ = ["ARSM_ELBO"]
@@ -44,7 +43,6 @@ __all__ = ["ARSM_ELBO"]
 #   logits: logits (no gradient) broadcast to [*elements, C] or [*elements]
 _SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits"])
 
-_ESTIMATORS = ("arsm", "ars", "ar", "rloo", "local")
 _MANY_EVALUATIONS = 4096  # warn once about a site that needs more evaluations per step
 
 
@@ -162,14 +160,13 @@ class _ARSMSampler(Messenger):
             self.finite[name] = jnp.all(jnp.isfinite(logits))
         key = _site_key(self.noise_key, name)
         if kind == "bernoulli":
-            num_categories = 2
             noise = est.sample_uniform(key, element_shape, dtype=logits.dtype)
             action = est.bernoulli_pair(noise, logits)[0]
         else:
-            num_categories = logits.shape[-1]
-            noise = est.sample_log_pi(key, element_shape, num_categories, dtype=logits.dtype)
+            noise = est.sample_log_pi(key, element_shape, logits.shape[-1], dtype=logits.dtype)
             action = est.categorical_from_log_pi(noise, logits)
-        msg["value"] = value_from_action(kind, action, num_categories)
+        # NumPyro's value is the action itself: the index (Categorical) or 0/1 (Bernoulli)
+        msg["value"] = jnp.asarray(action).astype(jnp.int32)
         self.noise[name] = _SiteNoise(kind, noise, logits)
 
 
@@ -283,9 +280,9 @@ class ARSM_ELBO(ELBO):
                  estimator: str = "arsm", num_rloo_samples: Optional[int] = None,
                  pseudo_map: str = "vmap", pseudo_batch_size: Optional[int] = None,
                  check_finite: bool = True, warn_score_function: bool = True) -> None:
-        if estimator not in _ESTIMATORS:
+        if estimator not in est.ESTIMATORS:
             raise ValueError(
-                f"ARSM_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+                f"ARSM_ELBO: estimator must be one of {est.ESTIMATORS}, got {estimator!r}")
         if pseudo_map not in ("vmap", "map"):
             raise ValueError(f"ARSM_ELBO: pseudo_map must be 'vmap' or 'map', got {pseudo_map!r}")
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
@@ -515,7 +512,7 @@ class _PseudoPass:
                                         self.element_shape))
 
     def _evaluate(self, action):
-        value = value_from_action(self.kind, action.reshape(self.value_shape), None)
+        value = jnp.asarray(action.reshape(self.value_shape)).astype(jnp.int32)
         keys, param_map, model, guide, args, kwargs = self.run_args
         model_trace, guide_trace, sampler = self.elbo._run(
             keys, param_map, model, guide, args, kwargs, substitutions={self.name: value})

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "ESTIMATORS",
     "sample_log_pi",
     "categorical_from_log_pi",
     "num_swap_rows",
@@ -69,6 +70,10 @@ __all__ = [
     "estimator_gradient",
     "arsm_gradient",
 ]
+
+#: The estimator names, the one list of them: ``ARSM_ELBO(estimator=...)``, :func:`arsm_gradient`
+#: and :func:`numpyro_arsm.compare.compare_estimators` accept these.
+ESTIMATORS = ("arsm", "ars", "ar", "rloo", "local")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -686,9 +691,9 @@ def arsm_gradient(key: jax.Array, logits: jax.Array, f: Callable, estimator: str
         >>> g.shape
         (3,)
     """
-    if estimator not in ("arsm", "ars", "ar", "rloo", "local"):
-        raise ValueError(
-            f"estimator must be 'arsm', 'ars', 'ar', 'rloo' or 'local', got {estimator!r}")
+    if estimator not in ESTIMATORS:
+        names = ", ".join(repr(n) for n in ESTIMATORS[:-1]) + f" or {ESTIMATORS[-1]!r}"
+        raise ValueError(f"estimator must be {names}, got {estimator!r}")
     logits = jax.lax.stop_gradient(jnp.asarray(logits))
     C = logits.shape[-1]
     key_pi, key_reference = jax.random.split(key)
