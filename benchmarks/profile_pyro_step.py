@@ -28,10 +28,10 @@ from pyro_arsm import ARSM_ELBO, JitARSM_ELBO
 PARTS = {
     "arsm": [
         ("whole step", "svi.py", "step"),
-        ("real pass (trace guide + model, log-probs)", "pyro_arsm/elbo.py", "_get_trace"),
+        ("real pass (trace guide + model, log-probs)", "pyro_arsm/elbo.py", "_real_pass"),
         ("Pyro _compute_elbo", "tracegraph_elbo.py", "_compute_elbo"),
         ("ARSM sites (all of _site_grad)", "pyro_arsm/elbo.py", "_site_grad"),
-        ("  batched pseudo pass", "pyro_arsm/elbo.py", "batched"),
+        ("  batched pseudo pass", "pyro_arsm/_pseudo.py", "batched"),
         ("  estimator arithmetic (arsm_grad)", "pyro_arsm/estimators.py", "arsm_grad"),
         ("  pseudo actions", "pyro_arsm/estimators.py", "pseudo_actions"),
         ("backward", "pyro/infer/util.py", "torch_backward"),

@@ -24,7 +24,8 @@ class ProgramState:
     :ivar bool needs_grad: the program needs autograd in its pseudo passes (it calls
         ``torch.autograd.grad``), so they run with gradient recording on.
     :ivar compiled: :class:`~pyro_arsm.JitARSM_ELBO`'s compiled loss function (``None`` until
-        the first call), and ``finite_names`` the sites whose finiteness flags it returns.
+        the first call), ``finite_names`` the sites whose finiteness flags it returns and
+        ``num_pseudo_evaluations`` the pseudo-action evaluations of each of its calls.
     """
 
     def __init__(self, provenance):
@@ -34,6 +35,7 @@ class ProgramState:
         self.needs_grad = False
         self.compiled = None
         self.finite_names = []
+        self.num_pseudo_evaluations = 0
 
 
 class _Strong:

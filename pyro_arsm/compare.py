@@ -14,10 +14,12 @@ import torch
 from pyro.infer import TraceGraph_ELBO
 
 from pyro_arsm.elbo import ARSM_ELBO
+from pyro_arsm.estimators import ESTIMATORS
 
 __all__ = ["compare_estimators", "format_table"]
 
-DEFAULT_ESTIMATORS = ("arsm", "ars", "ar", "rloo", "tracegraph")
+# every estimator but "local" (exact only on element-separable sites), and Pyro's own
+DEFAULT_ESTIMATORS = tuple(n for n in ESTIMATORS if n != "local") + ("tracegraph",)
 
 
 def _make_elbo(name, max_plate_nesting, elbo_kwargs):
@@ -51,7 +53,7 @@ def compare_estimators(model: Callable, guide: Callable, *args,
     :returns: a list of dicts, one per estimator: ``estimator``, ``variance`` (trace of the
         covariance of the gradient), ``seconds`` (median seconds per estimate),
         ``variance_x_seconds`` (lower is better: variance reached per second of compute),
-        ``evaluations`` (model evaluations in the last estimate: the real pass plus the
+        ``evaluations`` (model evaluations in the last estimate: the real passes plus the
         distinct pseudo actions).
     """
     elbo_kwargs = elbo_kwargs or {}
@@ -72,8 +74,9 @@ def compare_estimators(model: Callable, guide: Callable, *args,
                 "variance": variance,
                 "seconds": median,
                 "variance_x_seconds": variance * median,
-                # model evaluations per estimate: the real pass plus the pseudo passes
-                "evaluations": getattr(elbo, "last_num_pseudo_evaluations", 0) + 1,
+                # model evaluations per estimate: the real passes plus the pseudo passes
+                "evaluations": elbo.num_particles + getattr(elbo, "last_num_pseudo_evaluations",
+                                                            0),
             })
     finally:
         for p, g in zip(params, saved, strict=True):

@@ -38,6 +38,7 @@ __all__ = [
     "pair_index",
     "pseudo_actions",
     "swap_table",
+    "ESTIMATORS",
     "arsm_grad",
     "ars_grad",
     "ar_grad",
@@ -60,6 +61,10 @@ __all__ = [
     "estimator_gradient",
     "arsm_gradient",
 ]
+
+#: The estimator names, the one list of them: ``ARSM_ELBO(estimator=...)``, :func:`arsm_gradient`
+#: and :func:`pyro_arsm.compare.compare_estimators` accept these.
+ESTIMATORS = ("arsm", "ars", "ar", "rloo", "local")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,8 +533,8 @@ def arsm_grad_from_columns(column_costs, log_pi, logits):
 
 
 def estimator_actions(estimator, kind, noise, logits, *, num_samples=None, generator=None):
-    """The whole-site actions ``[R, *elements]`` an estimator evaluates, the row of the true
-    action among them and, for ARS, the reference category: the one place that decides them per
+    """The whole-site actions ``[R, *elements]`` an estimator evaluates, the true action in row 0,
+    and for ARS the reference category (else ``None``): the one place that decides them per
     estimator and site kind (used by ``ARSM_ELBO`` and :func:`arsm_gradient`; ``"local"`` and a
     separable site's ``"arsm"`` read the per-element table of :func:`column_actions` instead).
 
@@ -544,28 +549,35 @@ def estimator_actions(estimator, kind, noise, logits, *, num_samples=None, gener
             u = sample_uniform((n - 1,) + tuple(b.shape), dtype=b.dtype, device=b.device,
                                generator=generator)
             extra = (u < torch.sigmoid(logits)).to(b.dtype)
-            return torch.cat([b.unsqueeze(0), extra]), 0, None
+            return torch.cat([b.unsqueeze(0), extra]), None
         if estimator == "ar":
-            return b.unsqueeze(0), 0, None
-        return torch.stack([b, anti_b]), 0, None
+            return b.unsqueeze(0), None
+        return torch.stack([b, anti_b]), None
     C = noise.shape[-1]
     true_action = categorical_from_log_pi(noise, logits)
     if estimator == "rloo":
         n = num_samples or num_swap_rows(C)
         extra = sample_categorical(n - 1, logits.expand(noise.shape), generator=generator)
-        return torch.cat([true_action.unsqueeze(0), extra]), 0, None
+        return torch.cat([true_action.unsqueeze(0), extra]), None
     if estimator == "ar":
-        return true_action.unsqueeze(0), 0, None
+        return true_action.unsqueeze(0), None
     if estimator == "ars":
         reference = int(torch.randint(C, (), generator=generator))
-        rows = ars_rows(reference, C, device=noise.device)
-        return pseudo_actions(noise, logits, rows), reference, reference
-    return pseudo_actions(noise, logits), 0, None
+        # row 0 the true action, then the C - 1 swaps m <-> reference, m != reference
+        rows = ars_rows(reference, C, device=noise.device)[_ars_order(reference, C)]
+        return pseudo_actions(noise, logits, rows), reference
+    return pseudo_actions(noise, logits), None
+
+
+def _ars_order(reference, num_categories):
+    """``[reference, the other categories in order]``: ARS's rows with the true action first."""
+    others = [m for m in range(num_categories) if m != reference]
+    return torch.tensor([reference] + others)
 
 
 def estimator_gradient(estimator, kind, costs, actions, noise, logits, reference=None):
     """The estimate in the logits from the ``costs`` ``[R, ...]`` of the actions
-    :func:`estimator_actions` returned."""
+    :func:`estimator_actions` returned (the true action's first)."""
     if kind == "bernoulli":
         if estimator == "rloo":
             return bernoulli_rloo_grad(costs, actions, logits)
@@ -576,8 +588,10 @@ def estimator_gradient(estimator, kind, costs, actions, noise, logits, reference
         return rloo_grad(costs, actions, logits)
     if estimator == "ar":
         return ar_grad(costs[0], noise)
-    if estimator == "ars":
-        return ars_grad(costs, noise, reference)
+    if estimator == "ars":  # back to ars_rows' order: entry m is f(z^{m<->reference})
+        table = torch.empty_like(costs)
+        table[_ars_order(reference, noise.shape[-1]).to(costs.device)] = costs
+        return ars_grad(table, noise, reference)
     return arsm_grad(costs, noise)
 
 
@@ -609,6 +623,9 @@ def arsm_gradient(logits: torch.Tensor, f: Callable, estimator: str = "arsm", *,
         >>> g.shape
         torch.Size([3])
     """
+    if estimator not in ESTIMATORS:
+        names = ", ".join(repr(n) for n in ESTIMATORS[:-1]) + f" or {ESTIMATORS[-1]!r}"
+        raise ValueError(f"estimator must be {names}, got {estimator!r}")
     logits = logits.detach()
     C = logits.shape[-1]
     log_pi = sample_log_pi(logits.shape[:-1], C, dtype=logits.dtype, device=logits.device,
@@ -616,14 +633,11 @@ def arsm_gradient(logits: torch.Tensor, f: Callable, estimator: str = "arsm", *,
     if estimator == "local":
         columns = f(column_actions(C, logits.shape[:-1], device=logits.device))
         g = local_grad(columns.expand((C,) + tuple(logits.shape[:-1])), logits)
-    elif estimator in ("arsm", "ars", "ar", "rloo"):
-        actions, _, reference = estimator_actions(estimator, "categorical", log_pi, logits,
-                                                   num_samples=num_samples, generator=generator)
+    else:
+        actions, reference = estimator_actions(estimator, "categorical", log_pi, logits,
+                                               num_samples=num_samples, generator=generator)
         g = estimator_gradient(estimator, "categorical", f(actions), actions, log_pi, logits,
                                reference)
-    else:
-        raise ValueError(
-            f"estimator must be 'arsm', 'ars', 'ar', 'rloo' or 'local', got {estimator!r}")
     if return_action:
         return g, categorical_from_log_pi(log_pi, logits)
     return g

@@ -10,6 +10,11 @@ import pyro.ops.jit
 import torch
 from pyro.util import warn_if_nan
 
+from pyro_arsm._checks import (
+    compiled_needs_cached_dependencies,
+    finite_logits_message,
+)
+from pyro_arsm._sampler import _ARSMSampler
 from pyro_arsm.elbo import ARSM_ELBO
 
 __all__ = ["JitARSM_ELBO"]
@@ -55,8 +60,27 @@ class JitARSM_ELBO(ARSM_ELBO):
         if self.vectorize_pseudo is False:
             raise ValueError("JitARSM_ELBO needs the batched pseudo pass: vectorize_pseudo must "
                              "be 'auto' or True (use ARSM_ELBO for vectorize_pseudo=False)")
-        self._static = True
         self.jit_options = jit_options
+
+    # --- the hooks of ARSM_ELBO: every step runs the same tensor ops, with no branch on values
+
+    def _real_sampler(self):
+        """Global-stream draws; finiteness kept as a tensor per site, reported after the step."""
+        return _ARSMSampler(check_finite=self.check_finite, defer_finite=True)
+
+    def _check_program(self, program):
+        if program.provenance:
+            raise NotImplementedError(compiled_needs_cached_dependencies(type(self).__name__))
+
+    def _distinct_actions(self, actions):
+        """Every action taken as distinct: no data-dependent ``torch.unique``."""
+        return actions, None, 0
+
+    def _pseudo_checks_finite(self):
+        return False
+
+    def _allows_sequential_pass(self):
+        return False
 
     def _jit_loss_and_surrogate_loss(self, model, guide, args, kwargs):
         # one compiled function per program (the program cache of ARSM_ELBO, which knows a bound
@@ -67,9 +91,10 @@ class JitARSM_ELBO(ARSM_ELBO):
 
             def loss_and_surrogate_loss(*args, **kwargs):
                 self = weakself()
-                loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
-                flags = self._finite_flags
+                step = self._step(model, guide, args, kwargs)
+                loss, surrogate, flags = step.loss, step.surrogate_loss, step.finite
                 program.finite_names = [name for name, _ in flags]
+                program.num_pseudo_evaluations = step.num_pseudo_evaluations
                 finite = (torch.stack([flag for _, flag in flags]) if flags
                           else torch.ones(0, dtype=torch.bool))
                 return torch.as_tensor(loss), torch.as_tensor(surrogate), finite
@@ -79,12 +104,11 @@ class JitARSM_ELBO(ARSM_ELBO):
                 loss_and_surrogate_loss, ignore_warnings=self.ignore_jit_warnings,
                 jit_options=jit_options)
         loss, surrogate, finite = program.compiled(*args, **kwargs)
+        # (the count of the compiled program: every call evaluates the same pseudo actions)
+        self.last_num_pseudo_evaluations = program.num_pseudo_evaluations
         if finite.numel() and not bool(finite.all()):
             name = program.finite_names[int((~finite).nonzero()[0, 0])]
-            raise ValueError(
-                f"JitARSM_ELBO: guide site '{name}' has NaN or infinite logits. ARSM needs finite "
-                "logits: check the network or parameters producing them (NaN usually means a "
-                "diverged optimizer), and use a large negative finite logit rather than -inf.")
+            raise ValueError(finite_logits_message(name, owner=type(self).__name__))
         return loss, surrogate
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:

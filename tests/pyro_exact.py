@@ -22,7 +22,7 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_arsm import ARSM_ELBO
-from pyro_arsm.elbo import _PseudoPass
+from pyro_arsm._pseudo import _PseudoPass
 
 Z_MAX = 5.0
 

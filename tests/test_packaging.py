@@ -183,31 +183,30 @@ def test_pyro_private_subsample():
 
 
 def test_pyro_elbo_trace_hooks():
-    """ARSM_ELBO overrides ``ELBO._get_trace`` and wraps ``ELBO._get_traces``, which must call
-    ``_get_trace(model, guide, args, kwargs)`` once per particle (or once, vectorized)."""
+    """ARSM_ELBO runs its particles as ``ELBO._get_traces`` does, with two helpers of ``ELBO``:
+    ``_vectorized_num_particles`` wraps a callable in the outermost particle plate, and
+    ``_guess_max_plate_nesting`` sets ``max_plate_nesting`` (one more when vectorized)."""
+    import pyro
     from pyro.infer.elbo import ELBO
 
-    for name in ("_get_trace", "_get_traces", "_get_vectorized_trace"):
+    for name in ("_get_trace", "_vectorized_num_particles", "_guess_max_plate_nesting"):
         assert hasattr(ELBO, name), f"pyro.infer.elbo.ELBO.{name} is gone (used by ARSM_ELBO)"
-
-    calls = []
 
     class Probe(ELBO):
         def _get_trace(self, model, guide, args, kwargs):
-            calls.append((model, guide, args, kwargs))
-            return len(calls)
+            raise AssertionError
 
     def model():
-        pass
+        with pyro.plate("a", 2, dim=-1), pyro.plate("b", 3, dim=-2):
+            pyro.sample("x", pyro.distributions.Normal(0.0, 1.0))
 
-    out = list(Probe(num_particles=3)._get_traces(model, model, (1,), {"k": 2}))
-    assert out == [1, 2, 3], "ELBO._get_traces no longer yields one _get_trace per particle"
-    assert calls[0] == (model, model, (1,), {"k": 2})
-
-    calls.clear()
-    out = list(Probe(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
-               ._get_traces(model, model, (), {}))
-    assert out == [1], "vectorized ELBO._get_traces no longer calls _get_trace once"
+    probe = Probe(num_particles=4, vectorize_particles=True)
+    probe._guess_max_plate_nesting(model, model, (), {})
+    assert probe.max_plate_nesting == 3, "ELBO._guess_max_plate_nesting no longer counts the " \
+        "particle plate"
+    trace = pyro.poutine.trace(probe._vectorized_num_particles(model)).get_trace()
+    assert trace.nodes["x"]["value"].shape == (4, 3, 2), \
+        "ELBO._vectorized_num_particles no longer adds the outermost particle plate"
 
 
 def test_pyro_messenger_hooks():
@@ -280,16 +279,16 @@ def test_pyro_public_helpers_pyro_arsm_imports():
          check_site_shape, warn_if_nan)
 
 
-# --- NumPyro internals numpyro_arsm relies on (numpyro_arsm/elbo.py) -----------------------------
+# --- NumPyro internals numpyro_arsm relies on (numpyro_arsm/_checks.py) --------------------------
 
 
 def test_numpyro_private_validate_model():
-    """elbo.py: ``from numpyro.util import _validate_model, check_model_guide_match``."""
+    """_checks.py: ``from numpyro.util import _validate_model, check_model_guide_match``."""
     from numpyro import util
 
     assert hasattr(util, "_validate_model"), \
-        "numpyro.util._validate_model is gone (used by numpyro_arsm.elbo)"
+        "numpyro.util._validate_model is gone (used by numpyro_arsm._checks)"
     assert hasattr(util, "check_model_guide_match")
     params = inspect.signature(util._validate_model).parameters
     assert "plate_warning" in params, \
-        "numpyro.util._validate_model no longer takes plate_warning (numpyro_arsm.elbo passes it)"
+        "numpyro.util._validate_model no longer takes plate_warning (numpyro_arsm._checks uses it)"

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from pyro_arsm import ARSM_ELBO
+from pyro_arsm import ARSM_ELBO, _costs
 from pyro_arsm import estimators as est
+from pyro_arsm._pseudo import _PseudoPass
 from pyro_arsm._sites import arsm_kind
-from pyro_arsm.elbo import _PseudoPass
 
 pytestmark = pytest.mark.usefixtures("fresh_param_store")
 
@@ -92,20 +92,20 @@ def _pseudo_pass_at_true_action(order, path):
     model, guide, seen = make_chain(order)
     elbo = ARSM_ELBO(max_plate_nesting=1)
     particle = next(elbo._get_traces(model, guide, (), {}))
-    real = {n: s["value"] for n, s in particle.raw_guide_trace.nodes.items()
-            if s["type"] == "sample" and n != "data"}
+    values = {n: s["value"] for n, s in particle.raw_guide_trace.nodes.items()
+              if s["type"] == "sample" and n != "data"}
     for name, noise in particle.noise.items():
         site = particle.guide_trace.nodes[name]
         kind, _ = arsm_kind(site["fn"])
-        spec, downstream = elbo._cost_spec(particle, name)
-        real_cost, cost_shape = elbo._real_cost(particle, spec, site, tuple(noise.logits.shape[
+        spec, downstream = _costs.cost_spec(particle, name)
+        real, cost_shape = _costs.real_cost(particle, spec, site, tuple(noise.logits.shape[
             :noise.logits.dim() - (kind != "bernoulli")]))
         pseudo = _PseudoPass(particle, spec, kind, cost_shape, downstream, (), {})
         actions = _true_action(noise).unsqueeze(0).expand((2,) + noise.logits.shape[
             :noise.logits.dim() - (kind != "bernoulli")])
         seen.clear()
         costs = pseudo.batched(actions) if path == "batched" else pseudo.sequential(actions)
-        yield name, real_cost, costs, dict(seen), real, downstream
+        yield name, real, costs, dict(seen), values, downstream
 
 
 _DOWNSTREAM = ("b1", "c", "z", "e")
