@@ -30,8 +30,11 @@ from numpyro_exact import (  # noqa: E402
 )
 
 from numpyro_arsm import ARSM_ELBO  # noqa: E402
+from numpyro_arsm._costs import _cost_spec  # noqa: E402
+from numpyro_arsm._dependencies import _Dependencies  # noqa: E402
+from numpyro_arsm._pseudo import _PseudoPass  # noqa: E402
+from numpyro_arsm._sampler import _Particle  # noqa: E402
 from numpyro_arsm._sites import arsm_kind, element_shape_of  # noqa: E402
-from numpyro_arsm.elbo import _PseudoPass  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # A guide whose sites come in any order, each downstream of all earlier ones
@@ -88,20 +91,20 @@ def _true_action_check(elbo, order, key):
     action: ``(real, {site: (values, cost, real cost)})``."""
     params, args, kwargs = {}, (order,), {}
     model, guide = any_order_model, any_order_guide
-    keys = tuple(random.split(key, 3))
-    model_trace, guide_trace, sampler = elbo._run(keys, params, model, guide, args, kwargs)
+    particle = _Particle(tuple(random.split(key, 3)), params, model, guide, args, kwargs)
+    model_trace, guide_trace, sampler = elbo._run(*particle)
     real = {**_values(guide_trace), **_values(model_trace)}
-    model_deps, guide_deps = get_nonreparam_deps(model, guide, args, kwargs, params,
-                                                 latents={n: real[n] for n in order})
+    deps = _Dependencies(*get_nonreparam_deps(model, guide, args, kwargs, params,
+                                              latents={n: real[n] for n in order}))
     again = {}
     for name in sampler.noise:
         site = guide_trace[name]
         kind, _ = arsm_kind(site["fn"])
-        m_tr, g_tr, _ = elbo._run(keys, params, model, guide, args, kwargs,
-                                  substitutions={name: site["value"]})
-        pseudo = _PseudoPass(elbo, name, kind, site, element_shape_of(kind, site["fn"]),
-                             model_deps, guide_deps, (keys, params, model, guide, args, kwargs))
-        cost = pseudo.costs(jnp.asarray(site["value"])[None])[0]
+        m_tr, g_tr, _ = elbo._run(*particle, substitutions={name: site["value"]})
+        spec = _cost_spec(name, site, element_shape_of(kind, site["fn"]), deps)
+        pseudo = _PseudoPass(elbo._run, particle, spec, jnp.shape(site["value"]),
+                             elbo.pseudo_map, elbo.pseudo_batch_size)
+        cost = pseudo.costs(jnp.asarray(site["value"])[None]).costs[0]
         again[name] = ({**_values(g_tr), **_values(m_tr)}, cost,
                        pseudo.cost_of(model_trace, guide_trace))
     return real, again
