@@ -95,9 +95,10 @@ class PyroTrainer:
         return loss / len(batch)
 
     def evaluations(self):
-        """Decoder evaluations in the last step: the real pass plus the pseudo passes that
+        """Decoder evaluations in the last step: the real passes plus the pseudo passes that
         ARSM_ELBO reports (after deduplicating identical whole-site actions)."""
-        return 1 + getattr(self.loss, "last_num_pseudo_evaluations", 0)
+        return (getattr(self.loss, "num_particles", 1)
+                + getattr(self.loss, "last_num_pseudo_evaluations", 0))
 
     def test_loss(self):
         with torch.no_grad():
@@ -141,7 +142,8 @@ class NumPyroTrainer:
         self.compile_seconds = time.perf_counter() - start
         # NumPyro evaluates every pseudo action (no dedupe): ARSM_ELBO counted them while
         # svi.update was traced, so the count is static
-        self.static_evaluations = 1 + getattr(loss, "last_num_pseudo_evaluations", 0)
+        self.static_evaluations = (getattr(loss, "num_particles", 1)
+                                   + getattr(loss, "last_num_pseudo_evaluations", 0))
 
         test_images = jnp.asarray(dataset.test)
         test_elbo = numpyro.infer.Trace_ELBO(num_particles=TEST_PARTICLES)
