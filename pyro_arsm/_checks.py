@@ -74,8 +74,13 @@ def _check_model_site(name, site, guide_site):
                 f"ARSM_ELBO: site '{name}' is observed in the model but sampled in the "
                 "guide. Remove it from the guide (or do not observe it in the model).")
         return
-    if guide_site is not None:
-        return
+    if guide_site is not None or site["infer"].get("_enumerate_dim") is not None:
+        return  # (an enumerated site is summed out)
+    if site["infer"].get("enumerate") == "sequential":
+        raise ValueError(
+            f"ARSM_ELBO: model site '{name}' is marked for sequential enumeration, which "
+            "ARSM_ELBO does not support; mark it infer={'enumerate': 'parallel'} (summed out in "
+            "one vectorized pass, as TraceEnum_ELBO does).")
     if site["infer"].get("enumerate"):
         raise ValueError(
             f"ARSM_ELBO: model site '{name}' is enumerated in the model "

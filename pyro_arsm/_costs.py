@@ -99,14 +99,15 @@ def _check_pseudo_dim(name, log_prob, size, dim):
         raise PseudoShapeError(missing_pseudo_dim_message(name, log_prob.shape, size, dim))
 
 
-def real_cost(particle, spec, site, element_shape):
+def real_cost(particle, spec, site, element_shape, cost_of_pass=None):
     """The site's cost at the sampled value, from the real pass, and its shape: the site's
     batch shape, or its elements for a ``.to_event`` site (whose own log-probabilities
     factorize over its event elements: each element is scored by its own share of them and
-    the shared rest; the other elements' shares do not depend on it)."""
+    the shared rest; the other elements' shares do not depend on it). ``cost_of_pass``:
+    :func:`pass_cost` or its enumerating twin."""
     batch_shape = tuple(site["fn"].batch_shape)
     cost_shape = element_shape if (spec.own_model or spec.own_guide) else batch_shape
-    shared, own = pass_cost(particle.guide_trace, particle.model_trace, spec)
+    shared, own = (cost_of_pass or pass_cost)(particle.guide_trace, particle.model_trace, spec)
     cost = combine_costs(
         detach_provenance(torch.as_tensor(shared)).detach(),
         detach_provenance(torch.as_tensor(own)).detach(), batch_shape, cost_shape,

@@ -31,21 +31,23 @@ def signature(model_trace, guide_trace):
     )
 
 
-def cached_dependencies(program, structure, model, guide, raw_guide_trace, args, kwargs, sites):
+def cached_dependencies(program, structure, model, guide, raw_guide_trace, args, kwargs, sites,
+                        model_handlers=()):
     """The dependencies of every site in ``sites`` (a dict ``site -> (model_deps, guide_deps,
     downstream)`` of frozensets of names) for this ``structure``, from the program's cache or
     from one provenance replay; ``None`` where provenance is read on every step instead (the
     program asks for it, or a guide site gets a score-function term, which switches it on).
 
     (The real traces stay as they are: a partially reparameterized distribution computes its
-    score parts from the value it sampled, not from a replayed one.)"""
+    score parts from the value it sampled, not from a replayed one.) ``model_handlers`` enumerate
+    the model as in the real pass."""
     if program.provenance:
         return None
     deps = program.deps.get(structure)
     if deps is not None:
         return deps
     replayed_guide_trace, replayed_model_trace = _replay_with_provenance(
-        model, guide, raw_guide_trace, args, kwargs)
+        model, guide, raw_guide_trace, args, kwargs, model_handlers)
     if _has_score_function_sites(replayed_guide_trace):
         program.provenance = True  # TraceGraph's score-function terms read it on every step
         return None
@@ -119,13 +121,14 @@ class _ValueProvenance(Messenger):
             msg["value"] = track_provenance(msg["value"], provenance)
 
 
-def _replay_with_provenance(model, guide, guide_trace, args, kwargs):
+def _replay_with_provenance(model, guide, guide_trace, args, kwargs, model_handlers=()):
     """Re-run guide and model on the sampled values with provenance tracking (deterministic:
     every guide sample site is replayed)."""
     part = {n: s for n, s in guide_trace.nodes.items()
             if s["type"] == "sample" and not s["is_observed"]}
     return run_pass(model, guide, args, kwargs, replay=_trace_of(part),
-                    handlers=(TrackScored(score_parts=False), _ValueProvenance()))
+                    handlers=(TrackScored(score_parts=False), _ValueProvenance()),
+                    model_handlers=model_handlers)
 
 
 def _trace_of(sites):

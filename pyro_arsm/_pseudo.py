@@ -25,14 +25,31 @@ from pyro_arsm._checks import (
     many_evaluations_message,
 )
 from pyro_arsm._costs import PseudoShapeError, combine_costs, pass_cost
+from pyro_arsm._enum import EnumMessenger, enumerated_pass_cost
 from pyro_arsm._pyro_internals import is_subsample
 from pyro_arsm._sampler import _ARSMSampler, run_pass, with_pseudo_plate
 from pyro_arsm._sites import value_from_action
 
-__all__ = ["action_costs", "column_costs"]
+__all__ = ["action_costs", "batch_nesting", "column_costs"]
 
 _NUM_CHECK_ROWS = 4  # rows of the batched-pass check: the true action and up to 3 pseudo actions
 _MANY_EVALUATIONS = 4096  # warn once about a site that needs more evaluations per step
+
+
+def batch_nesting(*traces):
+    """Number of batch dims used by any sample site: plate dims and undeclared batch dims (the
+    pseudo-action plate goes left of them)."""
+    nesting = 0
+    for trace in traces:
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    nesting = max(nesting, -frame.dim)
+            batch_shape = getattr(site["fn"], "batch_shape", ())
+            nesting = max(nesting, len(batch_shape))
+    return nesting
 
 
 def column_costs(elbo, pseudo, real_cost):
@@ -157,6 +174,7 @@ class _PseudoPass:
     downstream ones are re-sampled, discrete ones from the real pass's noise and the others from
     their own random streams of the real pass, on both paths (common random numbers).
     With ``replay_all``, downstream sites are replayed too (for the batched-pass check).
+    In a model with enumerated sites, their dims go left of the pseudo-action plate.
     """
 
     def __init__(self, particle, spec, kind, cost_shape, downstream, args, kwargs,
@@ -179,6 +197,8 @@ class _PseudoPass:
         self.reuse = {n: v for n, v in particle.noise.items() if n in downstream}
         noise = particle.noise[spec.name]
         self.num_categories = noise.noise.shape[-1] if kind != "bernoulli" else 2
+        self.enumerated = particle.components is not None
+        self.cost_of_pass = enumerated_pass_cost if self.enumerated else pass_cost
 
     def _sampler(self, broadcast=None):
         """The sampler of a pseudo pass: downstream discrete sites re-use their noise, the
@@ -203,10 +223,13 @@ class _PseudoPass:
     def _cost(self, guide, model, part, sampler, pseudo=None):
         """``(shared, own)`` of one pass of ``guide`` and ``model`` with ``part`` replayed."""
         def run():
+            # enumerated dims left of the plates, and of the pseudo-action plate if batched
+            enum = (EnumMessenger(first_available_dim=self.dim - (pseudo is not None)),) \
+                if self.enumerated else ()
             guide_trace, model_trace = run_pass(
                 model, guide, self.args, self.kwargs, replay=part, guide_handlers=(sampler,),
-                model_replay=self.model_subsample)
-            return pass_cost(guide_trace, model_trace, self.spec, pseudo)
+                model_replay=self.model_subsample, model_handlers=enum)
+            return self.cost_of_pass(guide_trace, model_trace, self.spec, pseudo)
 
         # Pseudo values are valid by construction and the real pass was validated: skip the
         # distributions' argument checks, which cost as much as the decoder on large sites.

@@ -32,12 +32,31 @@ PSEUDO_PLATE = "_arsm_pseudo_actions"
 #   logits: detached logits broadcast to [*elements, C] or [*elements]
 _SiteNoise = namedtuple("_SiteNoise", ["kind", "noise", "logits"])
 
+# One particle: the (possibly particle-vectorized) model and guide, their traces and ARSM noise.
+_Particle = namedtuple(
+    "_Particle",
+    ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
+     "noise", "streams", "max_plate_nesting", "deps", "signature", "program", "finite",
+     "components"],
+)
+# program: the ProgramState of this model and guide (cached dependencies, pseudo-pass modes)
+# streams: the guide sites' random streams in this particle (None on the compiled path); a pseudo
+# pass re-samples downstream sites from the same streams (common random numbers).
+# deps: None (read the dependencies from provenance on the traces) or, when cached, a dict
+# site -> (model_deps, guide_deps, downstream) of frozensets of site names.
+# signature: the model structure (site names, types, shapes), the key of what is remembered
+# about the batched pseudo pass.
+# finite: (site, bool tensor) pairs of the compiled path's deferred finiteness checks.
+# components: None, or for a model with enumerated sites the components of its factors
+# (see pyro_arsm._enum).
+
 
 def run_pass(model, guide, args, kwargs, replay=None, guide_handlers=(), handlers=(),
-             model_replay=None):
+             model_replay=None, model_handlers=()):
     """Runs ``guide`` (replaying ``replay``, a partial trace, if given) under ``guide_handlers``,
     then ``model`` replayed against the guide's trace (plus the sites of ``model_replay``: the
-    model's own subsample indices), all under ``handlers``.
+    model's own subsample indices) under ``model_handlers`` (its enumeration), all under
+    ``handlers``.
 
     :returns: ``(guide_trace, model_trace)``, raw (subsample sites kept, no log-probs).
     """
@@ -54,8 +73,11 @@ def run_pass(model, guide, args, kwargs, replay=None, guide_handlers=(), handler
             replay_trace = guide_trace.copy()
             for name, site in model_replay.items():
                 replay_trace.add_node(name, **site)
-        model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
-            *args, **kwargs)
+        with contextlib.ExitStack() as inner:
+            for handler in model_handlers:
+                inner.enter_context(handler)
+            model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
+                *args, **kwargs)
     return guide_trace, model_trace
 
 

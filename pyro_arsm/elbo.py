@@ -23,30 +23,15 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 
-from pyro_arsm import _checks, _costs, _noise, _pseudo
+from pyro_arsm import _checks, _costs, _enum, _noise, _pseudo
 from pyro_arsm import estimators as est
 from pyro_arsm._dependencies import cached_dependencies, signature
 from pyro_arsm._programs import ProgramCache
 from pyro_arsm._pyro_internals import TrackScored
-from pyro_arsm._sampler import _ARSMSampler, run_pass
+from pyro_arsm._sampler import _ARSMSampler, _Particle, run_pass
 from pyro_arsm._sites import arsm_kind, site_logits
 
 __all__ = ["ARSM_ELBO"]
-
-# One particle: the (possibly particle-vectorized) model and guide, their traces and ARSM noise.
-_Particle = namedtuple(
-    "_Particle",
-    ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
-     "noise", "streams", "max_plate_nesting", "deps", "signature", "program", "finite"],
-)
-# program: the ProgramState of this model and guide (cached dependencies, pseudo-pass modes)
-# streams: the guide sites' random streams in this particle (None on the compiled path); a pseudo
-# pass re-samples downstream sites from the same streams (common random numbers).
-# deps: None (read the dependencies from provenance on the traces) or, when cached, a dict
-# site -> (model_deps, guide_deps, downstream) of frozensets of site names.
-# signature: the model structure (site names, types, shapes), the key of what is remembered
-# about the batched pseudo pass.
-# finite: (site, bool tensor) pairs of the compiled path's deferred finiteness checks.
 
 # One step (all particles): -ELBO, the surrogate loss, the deferred finiteness flags and the
 # number of model evaluations at pseudo actions.
@@ -84,28 +69,24 @@ class ARSM_ELBO(ELBO):
     evaluations), and ``estimator="local"`` uses it for the exact local expectation.
 
     The cost ``f`` of an ARSM site holds only the model and guide log-probabilities that depend on
-    the site (provenance tracking, as in TraceGraph_ELBO), with their scale and mask, reduced to
-    the site's plates, so each element of a plated site is scored by its own terms
-    (Rao-Blackwellization). Guide sites upstream of, or independent of, the site are replayed;
-    guide sites **downstream** of it are re-sampled at each pseudo action from the random numbers
-    they had in the real pass (common random numbers: each guide site draws from a random stream
-    of its own, so the pseudo action equal to the sampled one reproduces the real pass exactly;
-    on the batched path, noise whose law depends on the parameters, as a Gamma's, is drawn
-    afresh from the site's stream for the whole batch). Subsample indices are replayed, so the
-    estimate is unbiased for the gradient of the full-data ELBO under ``subsample_size`` and
-    ``poutine.scale``.
+    the site (provenance tracking, as in TraceGraph_ELBO), reduced to the site's plates, so each
+    element of a plated site is scored by its own terms (Rao-Blackwellization). Guide sites
+    upstream of the site are replayed; guide sites **downstream** of it are re-sampled at each
+    pseudo action from the random numbers they had in the real pass (each guide site draws from a
+    random stream of its own). Subsample indices are replayed, so the estimate is unbiased for the
+    full-data ELBO under ``subsample_size`` and ``poutine.scale``.
 
-    By default all pseudo actions of a site are evaluated in one batched pass of guide and model
-    under an extra :class:`~pyro.plate` left of ``max_plate_nesting``; this requires model and
-    guide to broadcast on the left, as for ``vectorize_particles`` or parallel enumeration. On the
-    first step of each model structure a few pseudo actions of each site are evaluated both in
-    one batched pass and one at a time, with every other guide site replayed; where the batched
-    pass fails or disagrees (a model that sums over all dims, reads ``z[0]``, concatenates along
-    a fixed dim or asserts shapes), that site's pseudo actions are evaluated one at a time from
-    then on, with one warning naming the site.
+    By default all pseudo actions of a site are evaluated in one batched pass under an extra
+    :class:`~pyro.plate` left of ``max_plate_nesting`` (model and guide must broadcast on the
+    left); a check on the first step of each model structure falls back to one pass per pseudo
+    action, with one warning naming the site, where that pass fails or disagrees.
 
-    Guide sites configured for enumeration (``config_enumerate``, for ``TraceEnum_ELBO``) are
-    sampled and get ARSM gradients, with one warning, as :class:`~pyro.infer.Trace_ELBO` does.
+    **Enumeration.** Model sites marked ``infer={"enumerate": "parallel"}`` and absent from the
+    guide are summed out exactly, as :class:`~pyro.infer.TraceEnum_ELBO` sums them (enumerated
+    dims left of ``max_plate_nesting``, guessed once when not given); the cost of a sampled site
+    holds every contracted component that depends on it, whole (a global enumerated site over a
+    plate of sampled sites is a cost shared by all their elements). Guide sites configured for
+    enumeration (``config_enumerate``) are sampled and get the ELBO's estimator, with one warning.
 
     The reported loss is the usual single-sample ``-ELBO`` (averaged over particles).
 
@@ -245,7 +226,13 @@ class ARSM_ELBO(ELBO):
         tracking = TrackScored() if program.provenance else contextlib.nullcontext()
         raw_guide_trace, raw_model_trace = run_pass(model, guide, args, kwargs,
                                                     guide_handlers=(sampler,),
-                                                    handlers=(tracking,))
+                                                    handlers=(tracking,),
+                                                    model_handlers=self._model_enumeration())
+        if self.max_plate_nesting == float("inf") and _enum.marked_for_enumeration(
+                raw_model_trace, raw_guide_trace):
+            # enumeration needs the plate nesting: guessed once, as TraceEnum_ELBO does
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+            return self._real_pass(model, guide, args, kwargs, program)
         _checks.check_sites(raw_model_trace, raw_guide_trace, sampler.enumerated, self._warn,
                             self.warn_score_function)
         validating = pyro.infer.util.is_validation_enabled()
@@ -253,23 +240,37 @@ class ARSM_ELBO(ELBO):
             check_model_guide_match(raw_model_trace, raw_guide_trace, self.max_plate_nesting)
         structure = signature(raw_model_trace, raw_guide_trace)
         deps = cached_dependencies(program, structure, model, guide, raw_guide_trace, args,
-                                   kwargs, sampler.noise)
+                                   kwargs, sampler.noise, self._model_enumeration())
         self._check_program(program)
         guide_trace = prune_subsample_sites(raw_guide_trace)
         model_trace = prune_subsample_sites(raw_model_trace)
         model_trace.compute_log_prob()
         guide_trace.compute_score_parts()
+        components = None
+        if _enum.enumerated_sites(model_trace, guide_trace):
+            model_trace.pack_tensors()
+            components = _enum.components_of(model_trace, guide_trace)
         if validating:
             for trace in (model_trace, guide_trace):
                 for site in trace.nodes.values():
                     if site["type"] == "sample":
                         check_site_shape(site, self.max_plate_nesting)
-        nesting = _guess_nesting(raw_model_trace, raw_guide_trace)
-        if self.max_plate_nesting != float("inf"):
-            nesting = max(nesting, self.max_plate_nesting)
+        if components is not None:  # (batch shapes hold the enumerated dims too)
+            nesting = self.max_plate_nesting
+        else:
+            nesting = _pseudo.batch_nesting(raw_model_trace, raw_guide_trace)
+            if self.max_plate_nesting != float("inf"):
+                nesting = max(nesting, self.max_plate_nesting)
         return _Particle(model, guide, model_trace, guide_trace, raw_guide_trace,
                          raw_model_trace, sampler.noise, sampler.streams, nesting, deps,
-                         structure, program, sampler.finite)
+                         structure, program, sampler.finite, components)
+
+    def _model_enumeration(self):
+        """The model's handlers in a real pass: its marked sites enumerated left of the plates
+        (none while ``max_plate_nesting`` is unknown)."""
+        if self.max_plate_nesting == float("inf"):
+            return ()
+        return (_enum.EnumMessenger(first_available_dim=-1 - self.max_plate_nesting),)
 
     # --- loss ----------------------------------------------------------------------------------
 
@@ -292,9 +293,11 @@ class ARSM_ELBO(ELBO):
     def _loss(self, model, guide, args, kwargs):
         elbo = 0.0
         for particle in self._get_traces(model, guide, args, kwargs):
-            elbo_particle = torch_item(particle.model_trace.log_prob_sum()) - torch_item(
-                particle.guide_trace.log_prob_sum()
-            )
+            if particle.components is not None:
+                elbo_particle = torch_item(_enum.enumerated_terms(particle, particle.noise)[0])
+            else:
+                elbo_particle = torch_item(particle.model_trace.log_prob_sum()) - torch_item(
+                    particle.guide_trace.log_prob_sum())
             elbo += elbo_particle / self.num_particles
         return -elbo
 
@@ -340,7 +343,10 @@ class ARSM_ELBO(ELBO):
         """ELBO, surrogate ELBO and pseudo evaluations of one particle: TraceGraph_ELBO's terms
         for everything but the ARSM sites, and ``g . logits`` for each ARSM site, ``g`` its
         estimate."""
-        elbo, surrogate_elbo = _costs.tracegraph_terms(particle)
+        if particle.components is not None:
+            elbo, surrogate_elbo = _enum.enumerated_terms(particle, particle.noise)
+        else:
+            elbo, surrogate_elbo = _costs.tracegraph_terms(particle)
         num_evaluations = 0
         for name in particle.noise:
             grad, logits, n = self._site_grad(particle, name, args, kwargs)
@@ -361,8 +367,12 @@ class ARSM_ELBO(ELBO):
             noise.noise.shape)
         logits = site_logits(kind, base, element_shape)
         spec, downstream = _costs.cost_spec(particle, name)
-        real_cost, cost_shape = _costs.real_cost(particle, spec, site, element_shape)
-        separable = _costs.is_separable(particle, spec, site)
+        enumerated = particle.components is not None
+        real_cost, cost_shape = _costs.real_cost(
+            particle, spec, site, element_shape,
+            _enum.enumerated_pass_cost if enumerated else _costs.pass_cost)
+        separable = _costs.is_separable(particle, spec, site) and (
+            not enumerated or _enum.separable_under_enumeration(particle, spec, site))
         estimator = self.estimator
         if estimator == "local" and not separable:
             self._warn(("local", name), _checks.not_separable_message(name))
@@ -385,17 +395,3 @@ class ARSM_ELBO(ELBO):
         return est.estimator_gradient(estimator, kind, table, actions, noise.noise, noise.logits,
                                       reference), logits, n
 
-
-def _guess_nesting(*traces):
-    """Number of batch dims used by any sample site: plate dims and undeclared batch dims."""
-    nesting = 0
-    for trace in traces:
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized:
-                    nesting = max(nesting, -frame.dim)
-            batch_shape = getattr(site["fn"], "batch_shape", ())
-            nesting = max(nesting, len(batch_shape))
-    return nesting

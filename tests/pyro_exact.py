@@ -119,6 +119,38 @@ def brute_force_gradient(model, guide, names, *args, **kwargs):
 _FALLBACK = r"batched pseudo-action pass for guide site '{}' (failed|gives other costs)"
 
 
+def enumerated_brute_force_gradient(model, guide, names, max_plate_nesting, *args):
+    """Exact gradient of ``-ELBO`` for a model with enumerated sites and a guide of discrete
+    sites only: ``sum_z q(z) (log q(z) - log p(x, z))`` over every joint value ``z`` of the
+    guide's sites, where ``log p(x, z) = log sum_y p(x, y, z)`` sums the model's enumerated
+    sites out (``TraceEnum_ELBO`` on the model conditioned on ``z``, with an empty guide: no
+    sampled site is left, so that is exact)."""
+    params = param_tensors(names)
+    proto = poutine.trace(guide).get_trace(*args)
+    sites = [(n, s) for n, s in proto.nodes.items()
+             if s["type"] == "sample" and not s["is_observed"]
+             and not isinstance(s["fn"], _Subsample)]
+    supports = []
+    for _, site in sites:
+        values = site["fn"].enumerate_support(expand=False).reshape(-1).tolist()
+        shape, dtype = site["value"].shape, site["value"].dtype
+        supports.append([torch.tensor(v, dtype=dtype).reshape(shape)
+                         for v in itertools.product(values, repeat=site["value"].numel())])
+    enum = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting)
+    total = 0.0
+    for values in itertools.product(*supports):
+        data = {name: v for (name, _), v in zip(sites, values, strict=True)}
+        log_q = poutine.trace(poutine.condition(guide, data)).get_trace(*args).log_prob_sum()
+        neg_log_p = enum.differentiable_loss(poutine.condition(model, data), _empty_guide,
+                                             *args)
+        total = total + log_q.exp() * (log_q + neg_log_p)
+    return flat_grad(total, params), total.detach()
+
+
+def _empty_guide(*args, **kwargs):
+    pass
+
+
 def count_passes(monkeypatch):
     """Counts the calls of the batched and the sequential pseudo pass."""
     calls = {"batched": 0, "sequential": 0}

@@ -25,11 +25,11 @@ def doc_blocks():
 
 
 def test_doc_has_the_promised_examples():
-    assert {"gmm-pyro", "gmm-numpyro", "air-pyro"} <= set(doc_blocks())
+    assert {"gmm-pyro", "gmm-numpyro", "air-pyro", "enum-pyro"} <= set(doc_blocks())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gmm-pyro", "gmm-numpyro", "air-pyro"])
+@pytest.mark.parametrize("name", ["gmm-pyro", "gmm-numpyro", "air-pyro", "enum-pyro"])
 def test_converting_doc_example_runs_as_written(name):
     if name.endswith("numpyro"):
         pytest.importorskip("numpyro")

@@ -20,7 +20,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import SVI, Trace_ELBO, config_enumerate
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro_exact import (
     assert_falls_back_to_sequential,
     assert_unbiased,
@@ -270,15 +270,24 @@ def test_config_enumerate_guide_in_svi_warns_once():
     assert len(messages) == 1
 
 
-def test_model_side_enumeration_stays_an_error():
+def test_model_side_enumeration_runs_as_in_trace_enum_elbo():
+    # a model written for TraceEnum_ELBO, only the loss swapped: its enumerated site is summed out
     @config_enumerate
     def model(data):
+        locs = pyro.param("enum_locs", torch.tensor([-1.0, 0.0, 1.0]))
         with pyro.plate("data", len(data)):
             z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
-            pyro.sample("x", dist.Normal(z.float(), 1.0), obs=data)
+            pyro.sample("x", dist.Normal(locs[z], 1.0), obs=data)
 
-    with pytest.raises(ValueError, match="site 'z' is enumerated in the model"):
-        ARSM_ELBO().loss_and_grads(model, lambda data: None, MIX_DATA)
+    def guide(data):
+        pass
+
+    ours = ARSM_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, MIX_DATA)
+    theirs = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, MIX_DATA)
+    assert torch.allclose(ours, theirs, rtol=1e-6)
+    locs = pyro.param("enum_locs").unconstrained()
+    assert torch.allclose(torch.autograd.grad(ours, locs)[0], torch.autograd.grad(theirs, locs)[0],
+                          atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,240 @@
+"""ARSM_ELBO beside model-side enumeration: sites marked ``infer={"enumerate": "parallel"}`` in the
+model are summed out exactly (as TraceEnum_ELBO sums them), the guide's discrete sites get the
+ELBO's estimator on the contracted cost.
+
+Every z-test is against :func:`pyro_exact.enumerated_brute_force_gradient` (the guide's sites
+summed by brute force, the model's enumerated ones by TraceEnum_ELBO with nothing left to
+sample), at the 5% rule.
+"""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+from pyro_exact import (
+    assert_unbiased,
+    count_passes,
+    enumerated_brute_force_gradient,
+    flat_grad,
+    gradient_draws,
+    param_tensors,
+)
+
+from pyro_arsm import ARSM_ELBO, JitARSM_ELBO, _enum, _pseudo
+
+pytestmark = pytest.mark.usefixtures("fresh_param_store")
+
+X = torch.tensor([0.3, -1.2, 2.0, 0.8])
+SHIFT = torch.tensor([-0.5, 0.7])
+
+
+def global_sampled_model(x):
+    """A global sampled cluster ``c`` over per-datum enumerated assignments ``y_n``."""
+    loc = pyro.param("loc", torch.tensor([-1.0, 0.0, 1.5]))
+    w = pyro.param("w", torch.tensor([0.2, -0.3]))
+    c = pyro.sample("c", dist.Categorical(logits=torch.zeros(3)))
+    with pyro.plate("data", len(x)):
+        y = pyro.sample("y", dist.Categorical(logits=w), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(loc[c] + SHIFT[y], 1.0), obs=x)
+
+
+def global_sampled_guide(x):
+    pyro.sample("c", dist.Categorical(logits=pyro.param("phi", torch.tensor([0.3, -0.2, 0.1]))))
+
+
+def coupled_model(x):
+    """A global enumerated ``y`` coupling a plate of sampled ``z_n``: the contracted
+    ``log sum_y p(y) prod_n p(x_n | y, z_n)`` is a cost shared by every element of ``z``."""
+    m = pyro.param("m", torch.tensor([-0.7, 0.9]))
+    a = pyro.param("a", torch.tensor([0.0, 1.0, -1.0]))
+    y = pyro.sample("y", dist.Categorical(logits=torch.tensor([0.1, -0.1])),
+                    infer={"enumerate": "parallel"})
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+        pyro.sample("x", dist.Normal(m[y] + a[z], 1.0), obs=x)
+
+
+def coupled_guide(x):
+    phi = pyro.param("phi", torch.tensor([0.2, -0.1, 0.0]).expand(len(x), 3).clone())
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Categorical(logits=phi))
+
+
+def local_model(x):
+    """Per-datum sampled ``z_n`` and per-datum enumerated ``y_n``: every contraction stays inside
+    the plate, so ``z``'s cost is element-separable."""
+    a = pyro.param("a", torch.tensor([0.0, 1.0, -1.0]))
+    w = pyro.param("w", torch.tensor([0.2, -0.3]))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Categorical(logits=torch.zeros(3)))
+        y = pyro.sample("y", dist.Categorical(logits=w), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(a[z] + SHIFT[y], 1.0), obs=x)
+
+
+MODELS = {
+    "global_sampled": (global_sampled_model, global_sampled_guide, ["phi", "loc", "w"]),
+    "coupled": (coupled_model, coupled_guide, ["phi", "m", "a"]),
+    "local": (local_model, coupled_guide, ["phi", "a", "w"]),
+}
+
+
+def _init(model, guide):
+    model(X)
+    guide(X)
+
+
+def _unbiased(name, num_draws=40, **kwargs):
+    """The z-test of ``name``'s gradient; 50 vectorized particles x ``num_draws`` draws put every
+    standard error under 4% of the largest exact component (AR, one evaluation, needs 800)."""
+    model, guide, names = MODELS[name]
+    _init(model, guide)
+    exact, _ = enumerated_brute_force_gradient(model, guide, names, 1, X)
+    label = f"{name} {kwargs}"
+    cls = JitARSM_ELBO if kwargs.pop("compiled", False) else ARSM_ELBO
+    elbo = cls(num_particles=50, vectorize_particles=True, max_plate_nesting=2, **kwargs)
+    draws = gradient_draws(elbo, model, guide, names, num_draws, X)
+    assert_unbiased(draws, exact, label=label)
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("global_sampled", {}),
+    ("coupled", {}),
+    ("local", {}),
+    ("local", {"estimator": "local"}),
+    pytest.param("global_sampled", {"estimator": "rloo"}, marks=SLOW),
+    pytest.param("global_sampled", {"estimator": "ars"}, marks=SLOW),
+    pytest.param("global_sampled", {"vectorize_pseudo": False}, marks=SLOW),
+    pytest.param("coupled", {"estimator": "rloo"}, marks=SLOW),
+    pytest.param("coupled", {"estimator": "ars"}, marks=SLOW),
+    pytest.param("coupled", {"estimator": "ar", "num_draws": 800}, marks=SLOW),
+    pytest.param("coupled", {"vectorize_pseudo": False}, marks=SLOW),
+    pytest.param("local", {"estimator": "rloo"}, marks=SLOW),
+    pytest.param("coupled", {"compiled": True}, marks=[
+        SLOW,  # (as in test_pyro_jit.py: torch's deprecation of jit.trace, the tracer's notes)
+        pytest.mark.filterwarnings(r"ignore:`torch\.jit\.trace` is deprecated:DeprecationWarning"),
+        pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
+def test_gradient_is_unbiased(name, kwargs):
+    _unbiased(name, **kwargs)
+
+
+def test_loss_is_the_negative_elbo_with_enumerated_sites_summed():
+    model, guide, names = MODELS["coupled"]
+    _init(model, guide)
+    _, exact = enumerated_brute_force_gradient(model, guide, names, 1, X)
+    elbo = ARSM_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=2)
+    losses = torch.tensor([elbo.loss(model, guide, X) for _ in range(5)])
+    se = losses.std() / 5 ** 0.5
+    assert abs(losses.mean() - exact) < 5 * se + 1e-4 * abs(exact), (losses, exact)
+
+
+def test_a_global_enumerated_site_makes_the_plated_cost_shared():
+    # "local" needs an element-separable cost: the global y couples the elements of z, so it
+    # warns once and uses ARSM (unbiased: the z-test above of "coupled" with the default)
+    model, guide, names = MODELS["coupled"]
+    _init(model, guide)
+    elbo = ARSM_ELBO(max_plate_nesting=1, estimator="local")
+    with pytest.warns(UserWarning, match="guide site 'z' is not element-separable"):
+        elbo.differentiable_loss(model, guide, X)
+
+
+def test_pseudo_actions_are_evaluated_in_one_batched_pass(monkeypatch):
+    # the enumerated dims sit left of the pseudo-action plate: no fallback to one pass per action
+    model, guide, _ = MODELS["coupled"]
+    _init(model, guide)
+    calls = count_passes(monkeypatch)
+    elbo = ARSM_ELBO(max_plate_nesting=1)
+    for _ in range(3):
+        elbo.differentiable_loss(model, guide, X)
+    assert calls["batched"] == 4 and calls["sequential"] == 1  # (the first step's check)
+
+
+def _fully_enumerated_model(x):
+    w = pyro.param("w", torch.tensor([0.2, -0.3]))
+    m = pyro.sample("m", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        y = pyro.sample("y", dist.Categorical(logits=w), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(m + SHIFT[y], 1.0), obs=x)
+
+
+def _delta_guide(x):
+    pyro.sample("m", dist.Delta(pyro.param("m_map", torch.tensor(0.4))))
+
+
+def test_nothing_sampled_equals_trace_enum_elbo():
+    # every discrete site enumerated, the continuous one a Delta: loss and gradient are
+    # TraceEnum_ELBO's to float rounding
+    _fully_enumerated_model(X)
+    _delta_guide(X)
+    params = param_tensors(["w", "m_map"])
+    ours = ARSM_ELBO(max_plate_nesting=1).differentiable_loss(_fully_enumerated_model,
+                                                              _delta_guide, X)
+    theirs = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(_fully_enumerated_model,
+                                                                     _delta_guide, X)
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(flat_grad(ours, params), flat_grad(theirs, params), atol=1e-6)
+    loss = ARSM_ELBO(max_plate_nesting=1).loss(_fully_enumerated_model, _delta_guide, X)
+    assert loss == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def test_max_plate_nesting_is_guessed_once_as_trace_enum_elbo_guesses_it():
+    model, guide, names = MODELS["coupled"]
+    _init(model, guide)
+    params = param_tensors(names)
+    elbo = ARSM_ELBO()
+    elbo.differentiable_loss(model, guide, X)  # guesses, and passes again with enumeration
+    assert elbo.max_plate_nesting == 1
+    pyro.set_rng_seed(3)
+    guessed = flat_grad(elbo.differentiable_loss(model, guide, X), params)
+    pyro.set_rng_seed(3)
+    given = flat_grad(ARSM_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, X),
+                      params)
+    assert torch.equal(guessed, given)
+
+
+def test_sequential_enumeration_is_an_error_naming_the_site():
+    def model(x):
+        y = pyro.sample("y", dist.Bernoulli(0.3), infer={"enumerate": "sequential"})
+        pyro.sample("x", dist.Normal(y, 1.0), obs=x[0])
+
+    with pytest.raises(ValueError, match="model site 'y' is marked for sequential enumeration"):
+        ARSM_ELBO(max_plate_nesting=1).differentiable_loss(model, lambda x: None, X)
+
+
+def test_score_function_guide_site_beside_enumeration_is_an_error():
+    def model(x):
+        n = pyro.sample("n", dist.Poisson(3.0))
+        y = pyro.sample("y", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(y + n.clamp(max=5) * 0.1, 1.0), obs=x[0])
+
+    def guide(x):
+        pyro.sample("n", dist.Poisson(pyro.param("rate", torch.tensor(2.0),
+                                                 constraint=dist.constraints.positive)))
+
+    elbo = ARSM_ELBO(max_plate_nesting=1, warn_score_function=False)
+    with pytest.raises(NotImplementedError, match="guide site 'n' .*score-function term"):
+        elbo.differentiable_loss(model, guide, X)
+
+
+def test_harness_detects_a_dropped_shared_cost(monkeypatch):
+    # a test that cannot fail is a defect: dropping the contracted global term from z's cost
+    # (what TraceEnum_ELBO's DiCE does with it) must be rejected by the same z-test
+    original_contract, original_cost = _enum._contract, _enum.enumerated_pass_cost
+
+    def inside_the_plate(model_trace, component):
+        return [(frames, term) for frames, term in original_contract(model_trace, component)
+                if any(f.name == "data" for f in frames)]
+
+    def dropping(*args, **kwargs):
+        with monkeypatch.context() as patch:
+            patch.setattr(_enum, "_contract", inside_the_plate)
+            return original_cost(*args, **kwargs)
+
+    monkeypatch.setattr(_enum, "enumerated_pass_cost", dropping)
+    monkeypatch.setattr(_pseudo, "enumerated_pass_cost", dropping)
+    with pytest.raises(AssertionError, match="biased"):
+        _unbiased("coupled")
