@@ -21,6 +21,7 @@ from numpyro.primitives import Messenger
 
 from numpyro_arsm import estimators as est
 from numpyro_arsm._sites import arsm_kind, element_shape_of, site_logits
+from numpyro_arsm.config import site_estimator
 
 # What the sampler learns about one ARSM site of the guide (as in the Pyro package, without its
 # RNG state: JAX keys are explicit).
@@ -93,6 +94,7 @@ class _ARSMSampler(Messenger):
         name = msg["name"]
         infer = msg.get("infer") or {}
         if infer.get("enumerate"):
+            site_estimator(name, infer, None, None)  # (raises if it names one too)
             self.enumerated[name] = infer["enumerate"]
             msg["infer"] = {k: v for k, v in infer.items() if k != "enumerate"}
         if msg["value"] is not None:

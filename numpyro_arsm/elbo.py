@@ -37,6 +37,7 @@ from numpyro_arsm._dependencies import _Dependencies, _dependencies
 from numpyro_arsm._pseudo import _PseudoCosts, _PseudoPass
 from numpyro_arsm._sampler import _ARSMSampler, _fresh, _Particle, _SiteNoise
 from numpyro_arsm._sites import arsm_kind, element_shape_of, site_logits
+from numpyro_arsm.config import site_estimator
 
 __all__ = ["ARSM_ELBO"]
 
@@ -56,6 +57,7 @@ class _Site(NamedTuple):
     name: str
     kind: str  # "categorical" | "bernoulli"
     estimator: str  # the estimator it gets ("arsm" where "local" does not apply)
+    num_samples: Optional[int]  # RLOO's samples (None: the default)
     noise: _SiteNoise
     element_shape: tuple
     pseudo: _PseudoPass
@@ -274,12 +276,13 @@ class ARSM_ELBO(ELBO):
                              spec.batch_shape + tuple(fn.event_shape), self.pseudo_map,
                              self.pseudo_batch_size)
         real_cost = pseudo.cost_of(real.model_trace, real.guide_trace)
-        estimator = self.estimator
+        estimator, num_samples = site_estimator(name, real.guide_trace[name]["infer"],
+                                                self.estimator, self.num_rloo_samples)
         separable = _is_separable(real.model_trace, real.guide_trace, spec)
         if estimator == "local" and not separable:
             self._warn_once(("local", name), not_separable_message(name), stacklevel=6)
             estimator = "arsm"
-        site = _Site(name, kind, estimator, real.noise[name], element_shape, pseudo)
+        site = _Site(name, kind, estimator, num_samples, real.noise[name], element_shape, pseudo)
         if separable and (estimator == "local" or (estimator == "arsm" and kind == "categorical")):
             grad, evaluated = self._column_grad(site)
         else:
@@ -305,7 +308,7 @@ class ARSM_ELBO(ELBO):
         true action's cost, row 0, is the real pass's)."""
         actions, reference = est.estimator_actions(
             reference_key, site.estimator, site.kind, site.noise.noise, site.noise.logits,
-            num_samples=self.num_rloo_samples)
+            num_samples=site.num_samples)
         costs, evaluated = real_cost[None], None
         if actions.shape[0] > 1:
             evaluated = self._pseudo_costs(site, actions[1:])

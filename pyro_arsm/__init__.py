@@ -5,6 +5,7 @@ from importlib import metadata as _metadata
 from pyro_arsm import estimators
 from pyro_arsm.autoguide import AutoCategorical, discrete_latent_sites
 from pyro_arsm.compare import compare_estimators
+from pyro_arsm.config import config_estimator
 from pyro_arsm.elbo import ARSM_ELBO
 from pyro_arsm.jit import JitARSM_ELBO
 
@@ -13,6 +14,7 @@ __all__ = [
     "AutoCategorical",
     "JitARSM_ELBO",
     "compare_estimators",
+    "config_estimator",
     "discrete_latent_sites",
     "estimators",
 ]

@@ -21,6 +21,7 @@ from pyro_arsm import estimators as est
 from pyro_arsm._checks import finite_logits_message
 from pyro_arsm._pyro_internals import is_subsample
 from pyro_arsm._sites import arsm_kind, element_shape_of, site_logits, value_from_action
+from pyro_arsm.config import site_estimator
 
 __all__ = ["PSEUDO_PLATE", "run_pass", "with_pseudo_plate"]
 
@@ -137,6 +138,7 @@ class _ARSMSampler(Messenger):
             # A guide written for TraceEnum_ELBO (config_enumerate): sample the site instead, as
             # Trace_ELBO does; the ELBO warns once. The flag is dropped so that replaying this
             # trace into the model does not mark the model site as enumerated.
+            site_estimator(name, msg["infer"], None, None)  # (raises if it names one too)
             self.enumerated.add(name)
             msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
         if kind is None:

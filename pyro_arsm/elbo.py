@@ -30,6 +30,7 @@ from pyro_arsm._programs import ProgramCache
 from pyro_arsm._pyro_internals import TrackScored
 from pyro_arsm._sampler import _ARSMSampler, _Particle, run_pass
 from pyro_arsm._sites import arsm_kind, site_logits
+from pyro_arsm.config import site_estimator
 
 __all__ = ["ARSM_ELBO"]
 
@@ -197,6 +198,9 @@ class ARSM_ELBO(ELBO):
     def _allows_sequential_pass(self):
         """Whether a site's pseudo actions may be evaluated one at a time."""
         return True
+
+    def _check_estimator(self, name, estimator):
+        """Raises if this ELBO cannot give site ``name`` the ``estimator`` its infer dict chose."""
 
     # --- the real pass -------------------------------------------------------------------------
 
@@ -373,7 +377,9 @@ class ARSM_ELBO(ELBO):
             _enum.enumerated_pass_cost if enumerated else _costs.pass_cost)
         separable = _costs.is_separable(particle, spec, site) and (
             not enumerated or _enum.separable_under_enumeration(particle, spec, site))
-        estimator = self.estimator
+        estimator, num_samples = site_estimator(name, site["infer"], self.estimator,
+                                                self.num_rloo_samples)
+        self._check_estimator(name, estimator)
         if estimator == "local" and not separable:
             self._warn(("local", name), _checks.not_separable_message(name))
             estimator = "arsm"
@@ -390,7 +396,7 @@ class ARSM_ELBO(ELBO):
                 return local(columns, noise.logits), logits, n
             return est.arsm_grad_from_columns(columns, noise.noise, noise.logits), logits, n
         actions, reference = est.estimator_actions(
-            estimator, kind, noise.noise, noise.logits, num_samples=self.num_rloo_samples)
+            estimator, kind, noise.noise, noise.logits, num_samples=num_samples)
         table, n = _pseudo.action_costs(self, pseudo, actions, real_cost, separable)
         return est.estimator_gradient(estimator, kind, table, actions, noise.noise, noise.logits,
                                       reference), logits, n

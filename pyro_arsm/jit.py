@@ -82,6 +82,13 @@ class JitARSM_ELBO(ARSM_ELBO):
     def _allows_sequential_pass(self):
         return False
 
+    def _check_estimator(self, name, estimator):
+        if estimator == "ars":
+            raise NotImplementedError(
+                f"JitARSM_ELBO: guide site '{name}' asks for estimator='ars', whose random "
+                "reference category decides which actions are evaluated; use another estimator "
+                "for it, or ARSM_ELBO.")
+
     def _jit_loss_and_surrogate_loss(self, model, guide, args, kwargs):
         # one compiled function per program (the program cache of ARSM_ELBO, which knows a bound
         # method again on the next call); it runs the model and guide it was compiled with

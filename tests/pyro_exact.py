@@ -132,7 +132,10 @@ def enumerated_brute_force_gradient(model, guide, names, max_plate_nesting, *arg
              and not isinstance(s["fn"], _Subsample)]
     supports = []
     for _, site in sites:
-        values = site["fn"].enumerate_support(expand=False).reshape(-1).tolist()
+        base = site["fn"]
+        while hasattr(base, "base_dist"):  # (.to_event: enumerate the elements)
+            base = base.base_dist
+        values = base.enumerate_support(expand=False).reshape(-1).unique().tolist()
         shape, dtype = site["value"].shape, site["value"].dtype
         supports.append([torch.tensor(v, dtype=dtype).reshape(shape)
                          for v in itertools.product(values, repeat=site["value"].numel())])

@@ -25,9 +25,11 @@ import numpyro_arsm  # noqa: E402
 import pyro_arsm  # noqa: E402
 from numpyro_arsm import _sites as numpyro_sites  # noqa: E402
 from numpyro_arsm import compare as numpyro_compare  # noqa: E402
+from numpyro_arsm import config as numpyro_config  # noqa: E402
 from numpyro_arsm import estimators as numpyro_est  # noqa: E402
 from pyro_arsm import _sites as pyro_sites  # noqa: E402
 from pyro_arsm import compare as pyro_compare  # noqa: E402
+from pyro_arsm import config as pyro_config  # noqa: E402
 from pyro_arsm import estimators as pyro_est  # noqa: E402
 
 # Parameters that follow each framework's convention for randomness and placement: JAX passes a
@@ -87,8 +89,8 @@ def _public(module):
 
 
 @pytest.mark.parametrize("pair", [(pyro_est, numpyro_est), (pyro_sites, numpyro_sites),
-                                  (pyro_compare, numpyro_compare)],
-                         ids=["estimators", "_sites", "compare"])
+                                  (pyro_compare, numpyro_compare), (pyro_config, numpyro_config)],
+                         ids=["estimators", "_sites", "compare", "config"])
 def test_mirrored_modules_have_the_same_functions_and_parameters(pair):
     pyro_module, numpyro_module = pair
     pyro_names, numpyro_names = _public(pyro_module), _public(numpyro_module)
@@ -105,6 +107,7 @@ def test_estimator_names_are_one_list_in_both():
     assert pyro_est.ESTIMATORS == numpyro_est.ESTIMATORS
     assert pyro_compare.DEFAULT_ESTIMATORS == numpyro_compare.DEFAULT_ESTIMATORS
     assert set(pyro_est.__all__) == set(numpyro_est.__all__)
+    assert pyro_config.ESTIMATOR_KEYS == numpyro_config.ESTIMATOR_KEYS
 
 
 def test_public_api_is_mirrored_with_the_listed_differences():
@@ -120,7 +123,7 @@ def test_public_api_is_mirrored_with_the_listed_differences():
         # the shared parameters come in the same order
         assert ([p for p in pyro_params if p in numpyro_params]
                 == [p for p in numpyro_params if p in pyro_params]), name
-    for name in ("discrete_latent_sites",):
+    for name in ("discrete_latent_sites", "config_estimator"):
         assert (_parameters(getattr(pyro_arsm, name), "pyro")
                 == _parameters(getattr(numpyro_arsm, name), "numpyro")), name
 
