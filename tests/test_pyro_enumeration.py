@@ -72,10 +72,31 @@ def local_model(x):
         pyro.sample("x", dist.Normal(a[z] + SHIFT[y], 1.0), obs=x)
 
 
+def chain_model(ys):
+    """An enumerated hidden chain (``pyro.markov``) whose emissions a sampled ``.to_event``
+    Bernoulli code ``b`` shifts: the whole contracted chain is ``b``'s cost."""
+    trans = pyro.param("trans", torch.tensor([[0.7, 0.3], [0.4, 0.6]]),
+                       constraint=dist.constraints.simplex)
+    locs = pyro.param("locs", torch.tensor([-0.5, 0.8]))
+    weights = pyro.param("weights", torch.tensor([0.6, -0.4]))
+    b = pyro.sample("b", dist.Bernoulli(torch.full((2,), 0.5)).to_event(1))
+    shift = (b * weights).sum(-1)
+    x = 0
+    for t in pyro.markov(range(len(ys))):
+        x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]), infer={"enumerate": "parallel"})
+        pyro.sample(f"y_{t}", dist.Normal(locs[x] + shift, 1.0), obs=ys[t])
+
+
+def chain_guide(ys):
+    pyro.sample("b", dist.Bernoulli(logits=pyro.param("beta", torch.tensor([0.3, -0.2])))
+                .to_event(1))
+
+
 MODELS = {
     "global_sampled": (global_sampled_model, global_sampled_guide, ["phi", "loc", "w"]),
     "coupled": (coupled_model, coupled_guide, ["phi", "m", "a"]),
     "local": (local_model, coupled_guide, ["phi", "a", "w"]),
+    "chain": (chain_model, chain_guide, ["beta", "trans", "locs", "weights"]),
 }
 
 
@@ -89,10 +110,12 @@ def _unbiased(name, num_draws=40, **kwargs):
     standard error under 4% of the largest exact component (AR, one evaluation, needs 800)."""
     model, guide, names = MODELS[name]
     _init(model, guide)
-    exact, _ = enumerated_brute_force_gradient(model, guide, names, 1, X)
+    nesting = 0 if name == "chain" else 1
+    exact, _ = enumerated_brute_force_gradient(model, guide, names, nesting, X)
     label = f"{name} {kwargs}"
     cls = JitARSM_ELBO if kwargs.pop("compiled", False) else ARSM_ELBO
-    elbo = cls(num_particles=50, vectorize_particles=True, max_plate_nesting=2, **kwargs)
+    elbo = cls(num_particles=50, vectorize_particles=True, max_plate_nesting=nesting + 1,
+               **kwargs)
     draws = gradient_draws(elbo, model, guide, names, num_draws, X)
     assert_unbiased(draws, exact, label=label)
 
@@ -105,6 +128,8 @@ SLOW = pytest.mark.slow
     ("coupled", {}),
     ("local", {}),
     ("local", {"estimator": "local"}),
+    ("chain", {}),
+    pytest.param("chain", {"estimator": "rloo"}, marks=SLOW),
     pytest.param("global_sampled", {"estimator": "rloo"}, marks=SLOW),
     pytest.param("global_sampled", {"estimator": "ars"}, marks=SLOW),
     pytest.param("global_sampled", {"vectorize_pseudo": False}, marks=SLOW),
