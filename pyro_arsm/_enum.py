@@ -15,6 +15,7 @@ plate of sampled ones) is a cost shared by all the site's elements, never droppe
 split; a component inside the site's plates keeps the per-element cost.
 """
 
+import weakref
 from collections import OrderedDict, namedtuple
 
 import torch
@@ -34,6 +35,10 @@ __all__ = ["EnumMessenger", "components_of", "enumerated_pass_cost", "enumerated
 # sites: the model sites whose log-probs are the component's factors; dims: its enumerated dims
 _Component = namedtuple("_Component", ["sites", "dims"])
 
+# trace -> {component sites: contracted terms}: the real pass's components are contracted once,
+# for the ELBO and for every site's real cost
+_CONTRACTED = weakref.WeakKeyDictionary()
+
 
 def enumerated_sites(model_trace, guide_trace):
     """The model sites enumerated in this pass (marked, absent from the guide)."""
@@ -43,7 +48,9 @@ def enumerated_sites(model_trace, guide_trace):
 
 
 def components_of(model_trace, guide_trace):
-    """The connected components of the factors of a packed model trace."""
+    """The connected components of the factors of a packed model trace (a real pass's: their
+    contractions are computed once, then reused)."""
+    _CONTRACTED.setdefault(model_trace, {})
     enum_dims = {model_trace.nodes[n]["infer"]["_enumerate_symbol"]
                  for n in enumerated_sites(model_trace, guide_trace)}
     owner = {}  # enumerated dim -> component index (union-find over dims)
@@ -66,9 +73,18 @@ def components_of(model_trace, guide_trace):
     return [c for c in components if c is not None]
 
 
-def _contract(model_trace, component):
+def _contract(model_trace, component, owner=None):
     """``[(frames, log-term)]``: the component's factors contracted (its enumerated dims summed
-    out in log space, inner plates product-contracted), unpacked, with their common scale."""
+    out in log space, inner plates product-contracted), unpacked, with their common scale;
+    remembered per ``owner`` (a trace) and component."""
+    cache = _CONTRACTED.setdefault(owner, {}) if owner is not None else {}
+    key = tuple(component.sites)
+    if key not in cache:
+        cache[key] = _contract_now(model_trace, component)
+    return cache[key]
+
+
+def _contract_now(model_trace, component):
     frame_of = {}
     tree = OrderedDict()
     scales = []
@@ -125,6 +141,7 @@ def enumerated_pass_cost(guide_trace, model_trace, spec, pseudo=None):
     ``(shared, own)``, with each component that touches the site contracted."""
     name = spec.name
     target = guide_trace.nodes[name]["cond_indep_stack"]
+    owner = model_trace if model_trace in _CONTRACTED else None  # (a real pass's)
     guide_trace, model_trace = _pack(guide_trace, model_trace)
     guide_trace.compute_log_prob(lambda n, s: (n in spec.guide_deps or n not in spec.guide_names)
                                  and not (n == name and spec.own_guide))
@@ -148,7 +165,7 @@ def enumerated_pass_cost(guide_trace, model_trace, spec, pseudo=None):
         shared.add((s["cond_indep_stack"], s["log_prob"]))
     for component in components:
         if any(n in spec.model_deps or n not in spec.model_names for n in component.sites):
-            for frames, term in _contract(model_trace, component):
+            for frames, term in _contract(model_trace, component, owner):
                 if pseudo is not None and pseudo[0] > 1:  # (packing drops size-1 dims)
                     _check_pseudo_dim(component.sites[0], term, *pseudo)
                 shared.add((frames, term))
@@ -190,7 +207,7 @@ def enumerated_terms(particle, arsm_sites):
         if s["type"] == "sample" and n not in factors:
             elbo = elbo + s["log_prob_sum"]
     for component in particle.components:
-        for _, term in _contract(model_trace, component):
+        for _, term in _contract(model_trace, component, model_trace):
             elbo = elbo + term.sum()
     surrogate = elbo
     for n, s in guide_trace.nodes.items():

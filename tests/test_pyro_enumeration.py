@@ -248,10 +248,10 @@ def test_score_function_guide_site_beside_enumeration_is_an_error():
 def test_harness_detects_a_dropped_shared_cost(monkeypatch):
     # a test that cannot fail is a defect: dropping the contracted global term from z's cost
     # (what TraceEnum_ELBO's DiCE does with it) must be rejected by the same z-test
-    original_contract, original_cost = _enum._contract, _enum.enumerated_pass_cost
+    original_cost = _enum.enumerated_pass_cost
 
-    def inside_the_plate(model_trace, component):
-        return [(frames, term) for frames, term in original_contract(model_trace, component)
+    def inside_the_plate(model_trace, component, owner=None):
+        return [(frames, term) for frames, term in _enum._contract_now(model_trace, component)
                 if any(f.name == "data" for f in frames)]
 
     def dropping(*args, **kwargs):
