@@ -263,3 +263,73 @@ def test_harness_detects_a_dropped_shared_cost(monkeypatch):
     monkeypatch.setattr(_pseudo, "enumerated_pass_cost", dropping)
     with pytest.raises(AssertionError, match="biased"):
         _unbiased("coupled")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models written for TraceEnum_ELBO elsewhere, rewritten here, only the loss swapped
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gmm_tutorial_model_with_an_auto_delta_guide_is_trace_enum_elbo():
+    # the model of Pyro's GMM tutorial (global weights, scale and locs; per-datum assignments
+    # enumerated in the model) with an AutoDelta guide over the globals: nothing discrete is
+    # sampled, so loss and gradient are TraceEnum_ELBO's
+    from pyro.infer import config_enumerate
+    from pyro.infer.autoguide import AutoDelta
+
+    data = torch.tensor([0.0, 1.0, 10.0, 11.0, 12.0])
+
+    @config_enumerate
+    def model(data):
+        weights = pyro.sample("weights", dist.Dirichlet(0.5 * torch.ones(2)))
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 2.0))
+        with pyro.plate("components", 2):
+            locs = pyro.sample("locs", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(data)):
+            assignment = pyro.sample("assignment", dist.Categorical(weights))
+            pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
+
+    guide = AutoDelta(pyro.poutine.block(model, expose=["weights", "locs", "scale"]))
+    guide(data)
+    params = [p.unconstrained() for p in pyro.get_param_store().values()]
+    ours = ARSM_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, data)
+    theirs = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, data)
+    assert torch.allclose(ours, theirs, rtol=1e-6)
+    for a, b in zip(torch.autograd.grad(ours, params), torch.autograd.grad(theirs, params),
+                    strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def hmm_model_1(sequence):
+    """The model_1 of Pyro's examples/hmm.py (a hidden state chain, enumerated with markov, and
+    Bernoulli emissions of a binary vector per step), small, with one extra sampled discrete site:
+    a global ``tempo`` that picks which of two transition matrices the chain uses."""
+    probs_x = pyro.param("probs_x", torch.tensor([[[0.8, 0.2], [0.3, 0.7]],
+                                                  [[0.5, 0.5], [0.6, 0.4]]]),
+                         constraint=dist.constraints.simplex)
+    probs_y = pyro.param("probs_y", torch.tensor([[0.2, 0.7, 0.5], [0.9, 0.1, 0.4]]),
+                         constraint=dist.constraints.unit_interval)
+    tempo = pyro.sample("tempo", dist.Categorical(logits=torch.zeros(2)))
+    tones = pyro.plate("tones", 3, dim=-1)
+    x = 0
+    for t in pyro.markov(range(len(sequence))):
+        x = pyro.sample(f"x_{t}", dist.Categorical(probs_x[tempo, x]),
+                        infer={"enumerate": "parallel"})
+        with tones:
+            pyro.sample(f"y_{t}", dist.Bernoulli(probs_y[x.squeeze(-1)]), obs=sequence[t])
+
+
+def hmm_guide(sequence):
+    pyro.sample("tempo", dist.Categorical(logits=pyro.param("tempo_logits",
+                                                            torch.tensor([0.3, -0.3]))))
+
+
+def test_hmm_example_model_with_a_sampled_site_is_unbiased():
+    sequence = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    names = ["tempo_logits", "probs_x", "probs_y"]
+    hmm_model_1(sequence)
+    hmm_guide(sequence)
+    exact, _ = enumerated_brute_force_gradient(hmm_model_1, hmm_guide, names, 1, sequence)
+    elbo = ARSM_ELBO(num_particles=50, vectorize_particles=True, max_plate_nesting=2)
+    draws = gradient_draws(elbo, hmm_model_1, hmm_guide, names, 40, sequence)
+    assert_unbiased(draws, exact, label="hmm model_1 + sampled tempo")
