@@ -54,13 +54,18 @@ def observed_in_guide_message(name):
             "Remove it from the guide (or do not observe it in the model).")
 
 
-def enumerated_model_site_message(name):
+def enumerated_model_site_message(name, mark):
     return (
-        f"ARSM_ELBO: model site '{name}' is enumerated in the model and absent from the guide. "
-        "ARSM needs the discrete latent in the guide: add a guide site "
-        f"numpyro.sample('{name}', dist.Categorical(...)) and drop the model-side enumeration, "
-        "or keep TraceEnum_ELBO for this model."
+        f"ARSM_ELBO: model site '{name}' is marked infer={{'enumerate': {mark!r}}}; ARSM_ELBO "
+        "sums out model sites marked 'parallel' only (as NumPyro's TraceEnum_ELBO does). Mark it "
+        "'parallel', or add a guide site for it."
     )
+
+
+def not_enumerable_message(name, fn):
+    return (f"ARSM_ELBO: model site '{name}' is marked infer={{'enumerate': 'parallel'}}, but "
+            f"its distribution ({type(fn).__name__}) has no enumerable support; add a guide "
+            "site for it, or drop the mark.")
 
 
 def missing_from_guide_message(name):
@@ -115,8 +120,10 @@ def _check_options(estimators, estimator, pseudo_map, num_rloo_samples):
         raise ValueError(num_rloo_samples_message())
 
 
-def _check_sites(model_trace, guide_trace):
-    """Errors for a model/guide pair ARSM cannot estimate (raised at trace time)."""
+def _check_sites(model_trace, guide_trace, marked=None):
+    """Errors for a model/guide pair ARSM cannot estimate (raised at trace time); ``marked``:
+    the model sites absent from the guide marked for enumeration, with their marks."""
+    marked = marked or {}
     for name, site in model_trace.items():
         if site["type"] != "sample":
             continue
@@ -126,8 +133,12 @@ def _check_sites(model_trace, guide_trace):
                 raise ValueError(observed_in_guide_message(name))
             continue
         if guide_site is None:
-            if (site.get("infer") or {}).get("enumerate"):
-                raise ValueError(enumerated_model_site_message(name))
+            if marked.get(name) == "parallel":
+                if not site["fn"].has_enumerate_support:
+                    raise ValueError(not_enumerable_message(name, site["fn"]))
+                continue
+            if name in marked:
+                raise NotImplementedError(enumerated_model_site_message(name, marked[name]))
             raise ValueError(missing_from_guide_message(name))
     # NumPyro's own checks, as TraceGraph_ELBO runs them: a warning for guide sites absent
     # from the model, an error for shapes that disagree, a warning for a missing plate

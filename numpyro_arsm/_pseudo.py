@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.lax import stop_gradient
 
 from numpyro_arsm._costs import _CostSpec, _site_cost
+from numpyro_arsm._enum import enumerated_site_cost
 from numpyro_arsm._sampler import _Particle
 
 
@@ -38,10 +39,12 @@ class _PseudoPass:
     value_shape: tuple  # the site's value shape (batch and event dims)
     pseudo_map: str = "vmap"  # "vmap" or "map" (lax.map)
     batch_size: Optional[int] = None  # lax.map's chunk size
+    enumerated: bool = False  # whether the model sums marked sites out (``run`` enumerates)
 
     def cost_of(self, model_trace, guide_trace):
         """The site's cost (no gradient) in the pass of these traces: ``[*cost_shape]``."""
-        return stop_gradient(_site_cost(model_trace, guide_trace, self.spec))
+        cost = enumerated_site_cost if self.enumerated else _site_cost
+        return stop_gradient(cost(model_trace, guide_trace, self.spec))
 
     def _evaluate(self, action):
         # NumPyro's value is the action itself: the index (Categorical) or 0/1 (Bernoulli)

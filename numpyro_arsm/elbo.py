@@ -11,6 +11,7 @@ is in :mod:`numpyro_arsm.estimators`.
 """
 
 import warnings
+from functools import partial
 from typing import Callable, NamedTuple, Optional, Union
 
 import jax
@@ -21,6 +22,7 @@ from numpyro.handlers import seed, substitute
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import get_importance_trace
 
+from numpyro_arsm import _enum
 from numpyro_arsm import estimators as est
 from numpyro_arsm._checks import (
     _MANY_EVALUATIONS,
@@ -49,6 +51,8 @@ class _RealPass(NamedTuple):
     guide_trace: dict
     noise: dict  # ARSM site -> _SiteNoise
     deps: _Dependencies
+    run: Callable  # the runner of its passes (ARSM_ELBO._run, enumerating where it must)
+    enumerated: bool  # whether the model sums marked sites out
 
 
 class _Site(NamedTuple):
@@ -114,6 +118,10 @@ class ARSM_ELBO(ELBO):
     gradient is the ARSM estimate (a ``stop_gradient`` surrogate).
 
     :param int num_particles: number of independent particles averaged.
+    :param int max_plate_nesting: the plates' nesting, as NumPyro's ``TraceEnum_ELBO`` takes it:
+        a model's sites marked for enumeration get dims left of it. Guessed once from the real
+        pass (the most batch dims of a log-prob, as ``TraceEnum_ELBO`` guesses it) when not
+        given; only models with marked sites use it.
     :param vectorize_particles: ``True`` (vmap), ``False`` (lax.map) or a callable, as in NumPyro.
     :param str estimator: ``"arsm"`` (default, ``C(C-1)/2 + 1`` evaluations), ``"ars"`` (one
         random reference category, ``C`` evaluations), ``"ar"`` (1 evaluation) or ``"rloo"``
@@ -140,7 +148,18 @@ class ARSM_ELBO(ELBO):
     (a warning for a batch dim without a plate). A guide site marked for enumeration
     (``infer={"enumerate": ...}``, e.g. a guide written for TraceEnum_ELBO with
     ``config_enumerate``) is sampled and gets the same estimator as an unmarked one, with one
-    warning per site; enumerating a model site that is absent from the guide is an error.
+    warning per site.
+
+    **Enumeration.** Model sites marked ``infer={"enumerate": "parallel"}`` and absent from the
+    guide are summed out exactly, as NumPyro's ``TraceEnum_ELBO`` sums them (with funsor:
+    ``pip install ppl-arsm[enum]``; enumerated dims left of ``max_plate_nesting``, ``markov``
+    where it applies). The cost of a sampled site holds every contracted component (factors
+    sharing enumerated sites, log-sum-exp over them, product over inner plates) that depends
+    on it, whole: a global enumerated site over a plate of sampled ones is a cost shared by
+    all of its elements; ``estimator="local"`` and the column path apply only when every such
+    component lies inside the site's plates. Pseudo actions are mapped over whole passes, each
+    with its enumeration inside. ``"sequential"`` marks and score-function guide sites beside
+    enumeration are errors.
     :meth:`loss_with_mutable_state` supports ``numpyro.mutable`` sites: each pass of guide and
     model starts from the state passed in, and the state returned is that of the real pass (of
     the first particle when ``num_particles > 1``).
@@ -162,12 +181,14 @@ class ARSM_ELBO(ELBO):
 
     can_infer_discrete = True
 
-    def __init__(self, num_particles: int = 1, vectorize_particles: Union[bool, Callable] = True,
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
+                 vectorize_particles: Union[bool, Callable] = True,
                  estimator: str = "arsm", num_rloo_samples: Optional[int] = None,
                  pseudo_map: str = "vmap", pseudo_batch_size: Optional[int] = None,
                  check_finite: bool = True, warn_score_function: bool = True) -> None:
         _check_options(est.ESTIMATORS, estimator, pseudo_map, num_rloo_samples)
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
+        self.max_plate_nesting = max_plate_nesting
         self.estimator = estimator
         self.num_rloo_samples = num_rloo_samples
         self.pseudo_map = pseudo_map
@@ -226,17 +247,33 @@ class ARSM_ELBO(ELBO):
 
     # --- one particle ------------------------------------------------------------------------
 
-    def _run(self, keys, param_map, model, guide, args, kwargs, substitutions=None):
+    def _run(self, keys, param_map, model, guide, args, kwargs, substitutions=None,
+             plate_nesting=None):
         """Guide and model, traced: ``(model_trace, guide_trace, sampler)``. The one place they
-        run, for the real pass and every pseudo pass (``substitutions``: the pseudo value)."""
+        run, for the real pass and every pseudo pass (``substitutions``: the pseudo value). With
+        ``plate_nesting``, the model's marked sites are enumerated left of that many plates."""
         model_key, guide_key, noise_key = keys
         seeded_guide = seed(guide, guide_key)
         if substitutions:
             seeded_guide = substitute(seeded_guide, data=substitutions)
         sampler = _ARSMSampler(seeded_guide, noise_key, self.check_finite)
+        if plate_nesting is not None:
+            with _enum.enumerating(plate_nesting):
+                model_trace, guide_trace = _enum.enumerated_importance_trace(
+                    seed(model, model_key), sampler, args, kwargs, _fresh(param_map))
+            return model_trace, guide_trace, sampler
         model_trace, guide_trace = get_importance_trace(
             seed(model, model_key), sampler, args, kwargs, _fresh(param_map))
         return model_trace, guide_trace, sampler
+
+    def _plate_nesting(self, model_trace, guide_trace):
+        """``max_plate_nesting``, guessed once from the real pass (as TraceEnum_ELBO guesses
+        it: the most batch dims of a log-prob) when it was not given."""
+        if self.max_plate_nesting == float("inf"):
+            self.max_plate_nesting = max(
+                (jnp.ndim(s["log_prob"]) for tr in (model_trace, guide_trace)
+                 for s in tr.values() if s["type"] == "sample"), default=0)
+        return int(self.max_plate_nesting)
 
     def _particle(self, rng_key, param_map, model, guide, args, kwargs):
         """The real pass, its checks and the ARSM term of every site: a ``_ParticleResult``."""
@@ -244,13 +281,24 @@ class ARSM_ELBO(ELBO):
         particle = _Particle((model_key, guide_key, noise_key), param_map, model, guide, args,
                              kwargs)
         model_trace, guide_trace, sampler = self._run(*particle)
-        _check_sites(model_trace, guide_trace)
+        marked = _enum.marked_sites(model_trace, guide_trace)
+        _check_sites(model_trace, guide_trace, marked)
         for key, message in _site_warnings(guide_trace, sampler, self.warn_score_function):
             self._warn_once(key, message, stacklevel=5)
+        run = self._run
+        if marked:  # the same pass again, the marked sites summed out
+            run = partial(self._run, plate_nesting=self._plate_nesting(model_trace, guide_trace))
+            model_trace, guide_trace, sampler = run(*particle)
         real = _RealPass(model_trace, guide_trace, sampler.noise,
-                         _dependencies(particle, guide_trace))
+                         _dependencies(particle, guide_trace), run, bool(marked))
 
-        surrogate = _score_function_surrogate(model_trace, guide_trace, real.noise, real.deps)
+        if real.enumerated:
+            elbo = _enum.enumerated_elbo(model_trace, guide_trace, real.noise)
+            surrogate = 0.0
+        else:
+            elbo = _elbo_value(model_trace, guide_trace)
+            surrogate = _score_function_surrogate(model_trace, guide_trace, real.noise,
+                                                  real.deps)
         flags, num_pseudo_evaluations = [sampler.finite], 0
         for i, name in enumerate(real.noise):
             site_grad = self._site_grad(particle, real, name, random.fold_in(reference_key, i))
@@ -259,7 +307,7 @@ class ARSM_ELBO(ELBO):
             num_pseudo_evaluations += site_grad.num_evaluations
         mutable = {n: s["value"] for tr in (guide_trace, model_trace) for n, s in tr.items()
                    if s["type"] == "mutable"}
-        return _ParticleResult(_elbo_value(model_trace, guide_trace), surrogate,
+        return _ParticleResult(elbo, surrogate,
                                _merge_flags(*flags), mutable, num_pseudo_evaluations)
 
     # --- the ARSM term of one site -----------------------------------------------------------
@@ -272,13 +320,15 @@ class ARSM_ELBO(ELBO):
         element_shape = element_shape_of(kind, fn)
         logits = site_logits(kind, base, element_shape)
         spec = _cost_spec(name, real.guide_trace[name], element_shape, real.deps)
-        pseudo = _PseudoPass(self._run, particle, spec,
+        pseudo = _PseudoPass(real.run, particle, spec,
                              spec.batch_shape + tuple(fn.event_shape), self.pseudo_map,
-                             self.pseudo_batch_size)
+                             self.pseudo_batch_size, real.enumerated)
         real_cost = pseudo.cost_of(real.model_trace, real.guide_trace)
         estimator, num_samples = site_estimator(name, real.guide_trace[name]["infer"],
                                                 self.estimator, self.num_rloo_samples)
-        separable = _is_separable(real.model_trace, real.guide_trace, spec)
+        separable = _is_separable(real.model_trace, real.guide_trace, spec) and (
+            not real.enumerated
+            or _enum.separable_under_enumeration(real.model_trace, real.guide_trace, spec))
         if estimator == "local" and not separable:
             self._warn_once(("local", name), not_separable_message(name), stacklevel=6)
             estimator = "arsm"

@@ -214,3 +214,44 @@ def check_unbiased(model, guide, params, names, args, particles=200, draws=40, e
     elbo = ARSM_ELBO(num_particles=particles, **elbo_kwargs)
     samples = gradient_draws(elbo, model, guide, params, names, draws, *args)
     return assert_unbiased(samples, scale * exact, scale * exact_se, power=power, label=label)
+
+
+def _empty_guide(*args, **kwargs):
+    pass
+
+
+def enumerated_enum_loss(model, guide, params, max_plate_nesting, *args):
+    """``-ELBO`` of a model with enumerated sites and a guide of discrete sites only:
+    ``sum_z q(z) (log q(z) - log p(x, z))`` over every joint value ``z`` of the guide's sites,
+    where ``log p(x, z) = log sum_y p(x, y, z)`` sums the model's enumerated sites out (NumPyro's
+    ``TraceEnum_ELBO`` on the model conditioned on ``z``, with an empty guide: no sampled site is
+    left, so that is exact). ``vmap``-ped over the joint values (funsor sees one value at a
+    time)."""
+    from numpyro.handlers import condition
+    from numpyro.infer import TraceEnum_ELBO
+
+    proto = trace(seed(substitute(guide, data=params), 0)).get_trace(*args)
+    discrete = [(n, s) for n, s in proto.items()
+                if s["type"] == "sample" and not s.get("is_observed", False)]
+    names = [n for n, _ in discrete]
+    enum = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting)
+
+    def weighted(values):
+        data = dict(zip(names, values, strict=True))
+        guide_trace = trace(substitute(seed(substitute(guide, data=params), 0),
+                                       data=data)).get_trace(*args)
+        log_q = sum(jnp.sum(s["fn"].log_prob(s["value"])) for n, s in guide_trace.items()
+                    if n in data)
+        neg_log_p = enum.loss(jax.random.PRNGKey(0), params, condition(model, data),
+                              _empty_guide, *args)
+        return jnp.exp(log_q) * (log_q + neg_log_p)
+
+    return jnp.sum(jax.vmap(weighted)(_joint_values(discrete)))
+
+
+def enumerated_brute_force_gradient(model, guide, params, names, max_plate_nesting, *args):
+    """The exact gradient of :func:`enumerated_enum_loss` w.r.t. ``params[names]``, and the
+    loss."""
+    loss, grad = quick_jit(jax.value_and_grad(
+        lambda p: enumerated_enum_loss(model, guide, p, max_plate_nesting, *args)), params)
+    return flatten(grad, names), loss

@@ -50,8 +50,6 @@ ONLY_IN = {
 SIGNATURE_DIFFERENCES = {
     "ARSM_ELBO": {
         "pyro only": {
-            "max_plate_nesting": "Pyro's ELBO argument (the pseudo-action plate goes left of "
-                                 "it); NumPyro's ARSM_ELBO places it from the traces",
             "vectorize_pseudo": "Pyro may have to evaluate pseudo actions one at a time (a model "
                                 "that does not broadcast); NumPyro's vmap always broadcasts",
             "cache_dependencies": "Pyro finds dependencies by provenance tracking, cached per "
