@@ -106,6 +106,18 @@ def finite_logits_message(name, bad="NaN or infinite", owner="ARSM_ELBO"):
             "impossible.")
 
 
+NESTING_NOTE = ("ARSM_ELBO ran this model without enumerating its marked sites, because "
+                "max_plate_nesting was not given: a model written for TraceEnum_ELBO needs "
+                "ARSM_ELBO(max_plate_nesting=...), as TraceEnum_ELBO does.")
+
+
+def nesting_not_guessed(error):
+    return (f"ARSM_ELBO: the model enumerates sites, which needs max_plate_nesting, and guessing "
+            f"it from a trace without enumeration failed ({failure(error)}). Pass "
+            "ARSM_ELBO(max_plate_nesting=...), the deepest plate nesting of model and guide, as "
+            "for TraceEnum_ELBO.")
+
+
 def guide_messenger_message():
     return ("ARSM_ELBO does not support GuideMessenger guides (e.g. AutoNormalMessenger); use a "
             "callable guide or an AutoGuide.")

@@ -13,6 +13,7 @@ from pyro.distributions.score_parts import ScoreParts
 from pyro.infer.util import MultiFrameTensor
 from pyro.ops.provenance import detach_provenance
 from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_site_shape
 
 from pyro_arsm._checks import cost_shape_message, missing_pseudo_dim_message
 from pyro_arsm._dependencies import site_dependencies
@@ -20,7 +21,7 @@ from pyro_arsm._pyro_internals import tracegraph_elbo
 from pyro_arsm._sites import elementwise_log_prob, event_ndims
 
 __all__ = ["CostSpec", "PseudoShapeError", "combine_costs", "cost_spec", "is_separable",
-           "pass_cost", "real_cost", "tracegraph_terms"]
+           "pass_cost", "real_cost", "scored", "tracegraph_terms"]
 
 # What makes up the cost f of one ARSM site:
 #   model_deps / guide_deps: sites whose log-prob depends on it in the real pass (provenance)
@@ -36,6 +37,21 @@ CostSpec = namedtuple(
 class PseudoShapeError(ValueError):
     """The batched pseudo-action pass cannot be right for a site (raised with
     ``vectorize_pseudo=True``; the default falls back to the sequential path)."""
+
+
+def scored(raw_model_trace, raw_guide_trace, max_plate_nesting=None):
+    """A real pass's traces without subsample sites, the model's log-probs and the guide's score
+    parts computed; every site's shape checked against ``max_plate_nesting`` if given."""
+    guide_trace = prune_subsample_sites(raw_guide_trace)
+    model_trace = prune_subsample_sites(raw_model_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    if max_plate_nesting is not None:
+        for trace in (model_trace, guide_trace):
+            for site in trace.nodes.values():
+                if site["type"] == "sample":
+                    check_site_shape(site, max_plate_nesting)
+    return model_trace, guide_trace
 
 
 def cost_spec(particle, name):

@@ -30,7 +30,8 @@ from pyro_arsm._pyro_internals import is_subsample, partially_reparameterized
 from pyro_arsm._sites import elementwise_log_prob
 
 __all__ = ["EnumMessenger", "components_of", "enumerated_pass_cost", "enumerated_terms",
-           "enumerated_sites", "marked_for_enumeration", "separable_under_enumeration"]
+           "enumerated_sites", "enumeration", "marked_for_enumeration",
+           "separable_under_enumeration"]
 
 # sites: the model sites whose log-probs are the component's factors; dims: its enumerated dims
 _Component = namedtuple("_Component", ["sites", "dims"])
@@ -230,3 +231,11 @@ def marked_for_enumeration(model_trace, guide_trace):
     """Whether a latent model site absent from the guide is marked for enumeration."""
     return any(s["type"] == "sample" and not s["is_observed"] and n not in guide_trace.nodes
                and s["infer"].get("enumerate") for n, s in model_trace.nodes.items())
+
+
+def enumeration(max_plate_nesting):
+    """The model's handlers in a real pass: its marked sites enumerated left of the plates
+    (none while ``max_plate_nesting`` is unknown)."""
+    if max_plate_nesting == float("inf"):
+        return ()
+    return (EnumMessenger(first_available_dim=-1 - max_plate_nesting),)

@@ -20,8 +20,7 @@ import torch
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import torch_backward, torch_item
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+from pyro.util import check_model_guide_match, warn_if_nan
 
 from pyro_arsm import _checks, _costs, _enum, _noise, _pseudo
 from pyro_arsm import estimators as est
@@ -228,14 +227,22 @@ class ARSM_ELBO(ELBO):
             raise NotImplementedError(_checks.guide_messenger_message())
         sampler = self._real_sampler()
         tracking = TrackScored() if program.provenance else contextlib.nullcontext()
-        raw_guide_trace, raw_model_trace = run_pass(model, guide, args, kwargs,
-                                                    guide_handlers=(sampler,),
-                                                    handlers=(tracking,),
-                                                    model_handlers=self._model_enumeration())
+        try:
+            raw_guide_trace, raw_model_trace = run_pass(model, guide, args, kwargs,
+                                                        guide_handlers=(sampler,),
+                                                        handlers=(tracking,),
+                                                        model_handlers=self._enumeration())
+        except Exception as e:
+            if self.max_plate_nesting == float("inf"):  # (run without enumeration)
+                e.add_note(_checks.NESTING_NOTE)
+            raise
         if self.max_plate_nesting == float("inf") and _enum.marked_for_enumeration(
                 raw_model_trace, raw_guide_trace):
             # enumeration needs the plate nesting: guessed once, as TraceEnum_ELBO does
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
+            try:
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
+            except Exception as e:
+                raise ValueError(_checks.nesting_not_guessed(e)) from e
             return self._real_pass(model, guide, args, kwargs, program)
         _checks.check_sites(raw_model_trace, raw_guide_trace, sampler.enumerated, self._warn,
                             self.warn_score_function)
@@ -244,21 +251,14 @@ class ARSM_ELBO(ELBO):
             check_model_guide_match(raw_model_trace, raw_guide_trace, self.max_plate_nesting)
         structure = signature(raw_model_trace, raw_guide_trace)
         deps = cached_dependencies(program, structure, model, guide, raw_guide_trace, args,
-                                   kwargs, sampler.noise, self._model_enumeration())
+                                   kwargs, sampler.noise, self._enumeration())
         self._check_program(program)
-        guide_trace = prune_subsample_sites(raw_guide_trace)
-        model_trace = prune_subsample_sites(raw_model_trace)
-        model_trace.compute_log_prob()
-        guide_trace.compute_score_parts()
+        model_trace, guide_trace = _costs.scored(raw_model_trace, raw_guide_trace,
+                                                 self.max_plate_nesting if validating else None)
         components = None
         if _enum.enumerated_sites(model_trace, guide_trace):
             model_trace.pack_tensors()
             components = _enum.components_of(model_trace, guide_trace)
-        if validating:
-            for trace in (model_trace, guide_trace):
-                for site in trace.nodes.values():
-                    if site["type"] == "sample":
-                        check_site_shape(site, self.max_plate_nesting)
         if components is not None:  # (batch shapes hold the enumerated dims too)
             nesting = self.max_plate_nesting
         else:
@@ -269,12 +269,9 @@ class ARSM_ELBO(ELBO):
                          raw_model_trace, sampler.noise, sampler.streams, nesting, deps,
                          structure, program, sampler.finite, components)
 
-    def _model_enumeration(self):
-        """The model's handlers in a real pass: its marked sites enumerated left of the plates
-        (none while ``max_plate_nesting`` is unknown)."""
-        if self.max_plate_nesting == float("inf"):
-            return ()
-        return (_enum.EnumMessenger(first_available_dim=-1 - self.max_plate_nesting),)
+    def _enumeration(self):
+        """The model's handlers in a real pass (see :func:`pyro_arsm._enum.enumeration`)."""
+        return _enum.enumeration(self.max_plate_nesting)
 
     # --- loss ----------------------------------------------------------------------------------
 

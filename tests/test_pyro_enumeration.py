@@ -230,6 +230,20 @@ def test_sequential_enumeration_is_an_error_naming_the_site():
         ARSM_ELBO(max_plate_nesting=1).differentiable_loss(model, lambda x: None, X)
 
 
+def test_a_plate_nesting_that_cannot_be_guessed_is_an_error_with_the_fix():
+    # without max_plate_nesting the first pass runs the model without enumeration (as
+    # TraceEnum_ELBO's guess does); a model that cannot run so keeps its error, with the fix
+    def model(x):
+        y = pyro.sample("y", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+        assert y.dim() > 0, "this model needs its enumerated dim"
+        pyro.sample("x", dist.Normal(y, 1.0), obs=x[0])
+
+    with pytest.raises(AssertionError, match="this model needs its enumerated dim") as caught:
+        ARSM_ELBO().differentiable_loss(model, lambda x: None, X)
+    assert "ARSM_ELBO(max_plate_nesting=...)" in caught.value.__notes__[0]
+    ARSM_ELBO(max_plate_nesting=0).differentiable_loss(model, lambda x: None, X)  # (the fix)
+
+
 def test_score_function_guide_site_beside_enumeration_is_an_error():
     def model(x):
         n = pyro.sample("n", dist.Poisson(3.0))
