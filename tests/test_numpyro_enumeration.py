@@ -140,6 +140,35 @@ def test_gradient_is_unbiased(name, kwargs):
     _unbiased(name, **kwargs)
 
 
+def subsampled_local_model(x):
+    """:func:`local_model` over a subsample of 2 of the 4 data: the common scale 2 of the
+    contracted components; in expectation over the subsample, ``local_model``'s gradient."""
+    a = numpyro.param("a", jnp.array([0.0, 1.0, -1.0]))
+    w = numpyro.param("w", jnp.array([0.2, -0.3]))
+    with numpyro.plate("data", len(x), subsample_size=2) as idx:
+        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+        y = numpyro.sample("y", dist.Categorical(logits=w), infer={"enumerate": "parallel"})
+        numpyro.sample("x", dist.Normal(a[z] + SHIFT[y], 1.0), obs=x[idx])
+
+
+def subsampled_guide(x):
+    phi = numpyro.param("phi", PHI)
+    with numpyro.plate("data", len(x), subsample_size=2) as idx:
+        numpyro.sample("z", dist.Categorical(logits=phi[idx]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["arsm", "local"])
+def test_subsampled_gradient_is_unbiased(estimator):
+    names = ["phi", "a", "w"]
+    exact, _ = enumerated_brute_force_gradient(local_model, plated_guide, PARAMS["local"], names,
+                                               1, X)
+    elbo = ARSM_ELBO(num_particles=50, max_plate_nesting=1, estimator=estimator)
+    draws = vmapped_gradient_draws(elbo, subsampled_local_model, subsampled_guide,
+                                   PARAMS["local"], names, 80, X)
+    assert_unbiased(draws, exact, label=f"numpyro subsampled local {estimator}")
+
+
 def test_the_z_test_rejects_a_cost_without_the_shared_global_component(monkeypatch):
     # the harness can fail: drop the global component (log sum_y p(y) prod_n p(x_n | y, z_n))
     # from z's cost and the same z-test sees the bias
