@@ -25,13 +25,15 @@ from pyro.ops.contract import contract_tensor_tree
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_arsm._costs import _check_pseudo_dim
-from pyro_arsm._pyro_internals import is_subsample, partially_reparameterized
+from pyro_arsm import _checks
+from pyro_arsm._costs import PseudoShapeError, _check_pseudo_dim
+from pyro_arsm._pyro_internals import dice_elbo, is_subsample, partially_reparameterized
 from pyro_arsm._sites import elementwise_log_prob
 
-__all__ = ["EnumMessenger", "components_of", "enumerated_pass_cost", "enumerated_terms",
-           "enumerated_sites", "enumeration", "marked_for_enumeration",
-           "separable_under_enumeration"]
+__all__ = ["EnumMessenger", "components_of", "dice_pass_cost", "dice_terms",
+           "enumerated_pass_cost", "enumerated_terms",
+           "enumerated_sites", "enumeration", "guide_enumeration", "marked_for_enumeration",
+           "pass_again", "separable_under_enumeration"]
 
 # sites: the model sites whose log-probs are the component's factors; dims: its enumerated dims
 _Component = namedtuple("_Component", ["sites", "dims"])
@@ -233,9 +235,91 @@ def marked_for_enumeration(model_trace, guide_trace):
                and s["infer"].get("enumerate") for n, s in model_trace.nodes.items())
 
 
-def enumeration(max_plate_nesting):
-    """The model's handlers in a real pass: its marked sites enumerated left of the plates
-    (none while ``max_plate_nesting`` is unknown)."""
+def enumeration(max_plate_nesting, guide_enumerated=False, offset=0):
+    """The model's handlers in a pass: its marked sites enumerated left of the plates (and of
+    ``offset`` more dims: the pseudo-action plate), or left of the guide's enumerated dims;
+    none while ``max_plate_nesting`` is unknown."""
+    if guide_enumerated:
+        return (EnumMessenger(),)  # (continues where the guide's enumeration stopped)
     if max_plate_nesting == float("inf"):
         return ()
-    return (EnumMessenger(first_available_dim=-1 - max_plate_nesting),)
+    return (EnumMessenger(first_available_dim=-1 - max_plate_nesting - offset),)
+
+
+def guide_enumeration(max_plate_nesting, offset=0):
+    """The guide's enumeration handler: its marked sites' dims left of the plates (and of
+    ``offset`` more dims)."""
+    return EnumMessenger(first_available_dim=-1 - max_plate_nesting - offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guide-side enumeration: TraceEnum_ELBO's own expectation, with the sampled sites' costs whole
+# ---------------------------------------------------------------------------------------------
+
+
+def _packed_for_dice(guide_trace, model_trace, arsm_sites):
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    guide_trace.pack_tensors()
+    model_trace.pack_tensors(guide_trace.plate_to_symbol)
+    for name in arsm_sites:  # (their score-function term is the estimator's)
+        packed_site = guide_trace.nodes[name]["packed"]
+        log_prob = packed_site["log_prob"]
+        kept = log_prob.detach()
+        kept._pyro_dims = log_prob._pyro_dims
+        packed_site["log_prob"] = kept
+        parts = packed_site["score_parts"]
+        packed_site["score_parts"] = parts._replace(log_prob=kept, score_function=0.0)
+    return guide_trace, model_trace
+
+
+def dice_terms(particle, arsm_sites):
+    """ELBO and surrogate ELBO of a particle whose guide enumerates sites, but for the ARSM sites'
+    estimates: ``TraceEnum_ELBO``'s expectation (each enumerated value weighted by its guide
+    probability) with the ARSM sites' score-function terms and log-prob gradients taken out."""
+    guide_trace, model_trace = _packed_for_dice(particle.raw_guide_trace,
+                                                particle.raw_model_trace, arsm_sites)
+    surrogate = dice_elbo(model_trace, guide_trace)
+    return surrogate, surrogate
+
+
+def dice_pass_cost(guide_trace, model_trace, spec, pseudo=None):
+    """The cost of a sampled site in one pass of a guide that enumerates sites: the pass's whole
+    ELBO, its enumerated values weighted by their guide probabilities (the terms that do not
+    depend on the site are the same at every pseudo action), as a cost shared by every element
+    of the site. One pass per pseudo action (``pseudo`` must be ``None``)."""
+    if pseudo is not None:
+        raise PseudoShapeError("cannot batch a guide that enumerates sites")
+    sampled = [n for n, s in guide_trace.nodes.items()
+               if s["type"] == "sample" and not s["is_observed"] and not is_subsample(s["fn"])
+               and s["infer"].get("_enumerate_dim") is None]
+    guide_trace, model_trace = _packed_for_dice(guide_trace, model_trace, sampled)
+    return torch.as_tensor(dice_elbo(model_trace, guide_trace)).detach(), 0.0
+
+
+def pass_again(elbo, program, sampler, raw_guide_trace, raw_model_trace, call):
+    """Whether ``elbo``'s real pass must run again: with enumeration, once ``max_plate_nesting``
+    is guessed, or with the guide's marked sites enumerated (or sampled again, where a sampled
+    discrete site depends on one: not enumerated yet)."""
+    if program.guide_enumerated and any(
+            len(raw_guide_trace.nodes[n]["fn"].batch_shape) > elbo.max_plate_nesting
+            for n in sampler.noise):
+        program.guide_enumerated, program.guide_enumeration_refused = False, True
+        for name in sampler.enumerated:
+            elbo._warn(("enumerate", name), _checks.enumerated_guide_site(name))
+        return True
+    wants_guide = not (program.guide_enumerated or program.guide_enumeration_refused) and \
+        "parallel" in sampler.enumerated.values()
+    if not wants_guide and not (elbo.max_plate_nesting == float("inf") and
+                                marked_for_enumeration(raw_model_trace,
+                                                       raw_guide_trace)):
+        return False
+    if elbo.max_plate_nesting == float("inf"):  # guessed once, as TraceEnum_ELBO does
+        try:
+            elbo._guess_max_plate_nesting(*call)
+        except Exception as e:
+            raise ValueError(_checks.nesting_not_guessed(e)) from e
+    program.guide_enumerated = program.guide_enumerated or wants_guide
+    return True

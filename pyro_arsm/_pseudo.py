@@ -15,6 +15,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import detach_provenance
 
+from pyro_arsm import _enum
 from pyro_arsm import estimators as est
 from pyro_arsm._checks import (
     BATCHED_REQUIRED,
@@ -25,7 +26,6 @@ from pyro_arsm._checks import (
     many_evaluations_message,
 )
 from pyro_arsm._costs import PseudoShapeError, combine_costs, pass_cost
-from pyro_arsm._enum import EnumMessenger, enumerated_pass_cost
 from pyro_arsm._pyro_internals import is_subsample
 from pyro_arsm._sampler import _ARSMSampler, run_pass, with_pseudo_plate
 from pyro_arsm._sites import value_from_action
@@ -50,6 +50,15 @@ def batch_nesting(*traces):
             batch_shape = getattr(site["fn"], "batch_shape", ())
             nesting = max(nesting, len(batch_shape))
     return nesting
+
+
+def cost_of_pass(particle):
+    """The function that computes a pass's cost for ``particle``'s model and guide."""
+    if particle.guide_enumerated:
+        return _enum.dice_pass_cost
+    if particle.components is not None:
+        return _enum.enumerated_pass_cost
+    return pass_cost
 
 
 def column_costs(elbo, pseudo, real_cost):
@@ -95,6 +104,10 @@ def _pseudo_costs(elbo, pseudo, true_action, actions, real_cost):
     the first step of this model structure (:func:`_check_batched`) found it right; ``"auto"``
     falls back to the sequential path (with one warning) where it is not."""
     name = pseudo.spec.name
+    if pseudo.particle.guide_enumerated:  # (its cost is an expectation over the whole pass)
+        if not elbo._allows_sequential_pass():
+            raise NotImplementedError(compiled_needs_batched_pass(type(elbo).__name__, name))
+        return pseudo.sequential(actions)
     if elbo.vectorize_pseudo is False:
         return pseudo.sequential(actions)
     modes = pseudo.particle.program.pseudo_mode
@@ -197,14 +210,15 @@ class _PseudoPass:
         self.reuse = {n: v for n, v in particle.noise.items() if n in downstream}
         noise = particle.noise[spec.name]
         self.num_categories = noise.noise.shape[-1] if kind != "bernoulli" else 2
-        self.enumerated = particle.components is not None
-        self.cost_of_pass = enumerated_pass_cost if self.enumerated else pass_cost
+        self.cost_of_pass = cost_of_pass(particle)
 
     def _sampler(self, broadcast=None):
         """The sampler of a pseudo pass: downstream discrete sites re-use their noise, the
         others draw from their real-pass streams (``broadcast`` over the pseudo actions)."""
-        return _ARSMSampler(reuse=self.reuse, check_finite=self.check_finite,
-                            streams=self.particle.streams, broadcast=broadcast)
+        sampler = _ARSMSampler(reuse=self.reuse, check_finite=self.check_finite,
+                               streams=self.particle.streams, broadcast=broadcast)
+        sampler.enumerate_guide = self.particle.guide_enumerated
+        return sampler
 
     def _values(self, actions):
         dtype = self.particle.noise[self.spec.name].logits.dtype
@@ -216,7 +230,8 @@ class _PseudoPass:
         part = poutine.Trace()
         for n, s in self.particle.raw_guide_trace.nodes.items():
             if s["type"] == "sample" and n != self.spec.name and (
-                    replay_all or n not in self.downstream):
+                    replay_all or n not in self.downstream) and (
+                    s["infer"].get("_enumerate_dim") is None):  # (enumerated again)
                 part.add_node(n, **{**s, "value": detach_provenance(s["value"])})
         return part
 
@@ -224,11 +239,16 @@ class _PseudoPass:
         """``(shared, own)`` of one pass of ``guide`` and ``model`` with ``part`` replayed."""
         def run():
             # enumerated dims left of the plates, and of the pseudo-action plate if batched
-            enum = (EnumMessenger(first_available_dim=self.dim - (pseudo is not None)),) \
-                if self.enumerated else ()
+            nesting, offset = self.particle.max_plate_nesting, int(pseudo is not None)
+            guide_handlers = (sampler,)
+            if self.particle.guide_enumerated:
+                guide_handlers = (_enum.guide_enumeration(nesting, offset), sampler)
+            enumerating = self.particle.guide_enumerated or self.particle.components is not None
+            model_handlers = _enum.enumeration(nesting, self.particle.guide_enumerated,
+                                               offset) if enumerating else ()
             guide_trace, model_trace = run_pass(
-                model, guide, self.args, self.kwargs, replay=part, guide_handlers=(sampler,),
-                model_replay=self.model_subsample, model_handlers=enum)
+                model, guide, self.args, self.kwargs, replay=part, guide_handlers=guide_handlers,
+                model_replay=self.model_subsample, model_handlers=model_handlers)
             return self.cost_of_pass(guide_trace, model_trace, self.spec, pseudo)
 
         # Pseudo values are valid by construction and the real pass was validated: skip the

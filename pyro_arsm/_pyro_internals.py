@@ -9,6 +9,7 @@ try:
     from pyro.distributions.distribution import Distribution
     from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
     from pyro.infer.autoguide.guides import prototype_hide_fn
+    from pyro.infer.traceenum_elbo import _compute_dice_elbo
     from pyro.infer.tracegraph_elbo import TrackNonReparam
     from pyro.infer.tracegraph_elbo import _compute_elbo as _tracegraph_compute_elbo
     from pyro.ops.provenance import get_provenance, track_provenance
@@ -18,8 +19,14 @@ except ImportError as e:  # pragma: no cover - only with an untested Pyro releas
         f"pyro_arsm needs Pyro internals that this pyro-ppl release lacks ({e}); pyro_arsm is "
         "tested with pyro-ppl>=1.9.2,<1.10") from e
 
-__all__ = ["TrackNonReparam", "TrackScored", "is_subsample", "partially_reparameterized",
-           "prototype_hide_fn", "tracegraph_elbo"]
+__all__ = ["TrackNonReparam", "TrackScored", "dice_elbo", "is_subsample",
+           "partially_reparameterized", "prototype_hide_fn", "tracegraph_elbo"]
+
+
+def dice_elbo(model_trace, guide_trace):
+    """TraceEnum_ELBO's differentiable ELBO of one particle's packed traces (enumerated sites
+    summed with their weights, DiCE factors for the sampled ones)."""
+    return _compute_dice_elbo(model_trace, guide_trace)
 
 
 def tracegraph_elbo(model_trace, guide_trace):

@@ -38,7 +38,7 @@ _Particle = namedtuple(
     "_Particle",
     ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
      "noise", "streams", "max_plate_nesting", "deps", "signature", "program", "finite",
-     "components"],
+     "components", "guide_enumerated"],
 )
 # program: the ProgramState of this model and guide (cached dependencies, pseudo-pass modes)
 # streams: the guide sites' random streams in this particle (None on the compiled path); a pseudo
@@ -48,6 +48,7 @@ _Particle = namedtuple(
 # signature: the model structure (site names, types, shapes), the key of what is remembered
 # about the batched pseudo pass.
 # finite: (site, bool tensor) pairs of the compiled path's deferred finiteness checks.
+# guide_enumerated: the guide's marked sites are enumerated (see pyro_arsm._enum)
 # components: None, or for a model with enumerated sites the components of its factors
 # (see pyro_arsm._enum).
 
@@ -119,10 +120,12 @@ class _ARSMSampler(Messenger):
         self.defer_finite = defer_finite
         self.finite = []
         self.noise = {}
-        self.enumerated = set()
+        self.enumerated = {}  # site -> its enumeration mark
         self.reuse = reuse or {}
         self.streams = streams
         self.broadcast = broadcast or {}
+        # True: sites marked for parallel enumeration are left to an EnumMessenger outside
+        self.enumerate_guide = False
 
     def _stream(self, name):
         return contextlib.nullcontext() if self.streams is None else self.streams.stream(name)
@@ -135,11 +138,13 @@ class _ARSMSampler(Messenger):
         name = msg["name"]
         kind, base = arsm_kind(msg["fn"])
         if kind is not None and msg["infer"].get("enumerate"):
-            # A guide written for TraceEnum_ELBO (config_enumerate): sample the site instead, as
+            site_estimator(name, msg["infer"], None, None)  # (raises if it names one too)
+            self.enumerated[name] = msg["infer"]["enumerate"]
+            if self.enumerate_guide and msg["infer"]["enumerate"] == "parallel":
+                return  # summed out
+            # Otherwise (a guide that ARSM_ELBO cannot enumerate yet) the site is sampled, as
             # Trace_ELBO does; the ELBO warns once. The flag is dropped so that replaying this
             # trace into the model does not mark the model site as enumerated.
-            site_estimator(name, msg["infer"], None, None)  # (raises if it names one too)
-            self.enumerated.add(name)
             msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
         if kind is None:
             self._sample_other(msg)

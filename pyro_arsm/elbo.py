@@ -85,8 +85,9 @@ class ARSM_ELBO(ELBO):
     guide are summed out exactly, as :class:`~pyro.infer.TraceEnum_ELBO` sums them (enumerated
     dims left of ``max_plate_nesting``, guessed once when not given); the cost of a sampled site
     holds every contracted component that depends on it, whole (a global enumerated site over a
-    plate of sampled sites is a cost shared by all their elements). Guide sites configured for
-    enumeration (``config_enumerate``) are sampled and get the ELBO's estimator, with one warning.
+    plate of sampled sites is a cost shared by all their elements). Guide sites marked for
+    enumeration (``config_enumerate``) are summed out with their guide probabilities too (a
+    sampled site whose logits depend on one keeps it sampled, with one warning).
 
     The reported loss is the usual single-sample ``-ELBO`` (averaged over particles).
 
@@ -216,9 +217,9 @@ class ARSM_ELBO(ELBO):
             for _ in range(self.num_particles):
                 yield self._real_pass(model, guide, args, kwargs, program)
 
-    def _get_trace(self, model, guide, args, kwargs):
-        program = self._programs.get(model, guide, provenance=not self.cache_dependencies)
-        return self._real_pass(model, guide, args, kwargs, program)
+    def _get_trace(self, model, guide, args, kwargs):  # (ELBO's hook)
+        return self._real_pass(model, guide, args, kwargs,
+                               self._programs.get(model, guide, not self.cache_dependencies))
 
     def _real_pass(self, model, guide, args, kwargs, program):
         """Samples the guide (ARSM sites from their augmentation), runs the model against it,
@@ -226,40 +227,30 @@ class ARSM_ELBO(ELBO):
         if isinstance(poutine.unwrap(guide), Messenger):
             raise NotImplementedError(_checks.guide_messenger_message())
         sampler = self._real_sampler()
-        tracking = TrackScored() if program.provenance else contextlib.nullcontext()
-        try:
-            raw_guide_trace, raw_model_trace = run_pass(model, guide, args, kwargs,
-                                                        guide_handlers=(sampler,),
-                                                        handlers=(tracking,),
-                                                        model_handlers=self._enumeration())
-        except Exception as e:
-            if self.max_plate_nesting == float("inf"):  # (run without enumeration)
-                e.add_note(_checks.NESTING_NOTE)
-            raise
-        if self.max_plate_nesting == float("inf") and _enum.marked_for_enumeration(
-                raw_model_trace, raw_guide_trace):
-            # enumeration needs the plate nesting: guessed once, as TraceEnum_ELBO does
-            try:
-                self._guess_max_plate_nesting(model, guide, args, kwargs)
-            except Exception as e:
-                raise ValueError(_checks.nesting_not_guessed(e)) from e
+        sampler.enumerate_guide = program.guide_enumerated
+        raw_guide_trace, raw_model_trace = self._run_real(model, guide, args, kwargs, program,
+                                                          sampler)
+        if _enum.pass_again(self, program, sampler, raw_guide_trace, raw_model_trace,
+                            (model, guide, args, kwargs)):
             return self._real_pass(model, guide, args, kwargs, program)
-        _checks.check_sites(raw_model_trace, raw_guide_trace, sampler.enumerated, self._warn,
+        guide_enumerated = program.guide_enumerated
+        _checks.check_sites(raw_model_trace, raw_guide_trace,
+                            {} if guide_enumerated else sampler.enumerated, self._warn,
                             self.warn_score_function)
         validating = pyro.infer.util.is_validation_enabled()
         if validating:
             check_model_guide_match(raw_model_trace, raw_guide_trace, self.max_plate_nesting)
         structure = signature(raw_model_trace, raw_guide_trace)
         deps = cached_dependencies(program, structure, model, guide, raw_guide_trace, args,
-                                   kwargs, sampler.noise, self._enumeration())
+                                   kwargs, sampler.noise, self._enumeration(guide_enumerated))
         self._check_program(program)
         model_trace, guide_trace = _costs.scored(raw_model_trace, raw_guide_trace,
                                                  self.max_plate_nesting if validating else None)
         components = None
-        if _enum.enumerated_sites(model_trace, guide_trace):
+        if not guide_enumerated and _enum.enumerated_sites(model_trace, guide_trace):
             model_trace.pack_tensors()
             components = _enum.components_of(model_trace, guide_trace)
-        if components is not None:  # (batch shapes hold the enumerated dims too)
+        if components is not None or guide_enumerated:  # (batch shapes hold enumerated dims)
             nesting = self.max_plate_nesting
         else:
             nesting = _pseudo.batch_nesting(raw_model_trace, raw_guide_trace)
@@ -267,11 +258,26 @@ class ARSM_ELBO(ELBO):
                 nesting = max(nesting, self.max_plate_nesting)
         return _Particle(model, guide, model_trace, guide_trace, raw_guide_trace,
                          raw_model_trace, sampler.noise, sampler.streams, nesting, deps,
-                         structure, program, sampler.finite, components)
+                         structure, program, sampler.finite, components, guide_enumerated)
 
-    def _enumeration(self):
+    def _enumeration(self, guide_enumerated=False):
         """The model's handlers in a real pass (see :func:`pyro_arsm._enum.enumeration`)."""
-        return _enum.enumeration(self.max_plate_nesting)
+        return _enum.enumeration(self.max_plate_nesting, guide_enumerated)
+
+    def _run_real(self, model, guide, args, kwargs, program, sampler):
+        """The traces of a real pass: guide (and model) enumerated as ``program`` says."""
+        guide_handlers = (sampler,)
+        if program.guide_enumerated:
+            guide_handlers = (_enum.guide_enumeration(self.max_plate_nesting), sampler)
+        tracking = TrackScored() if program.provenance else contextlib.nullcontext()
+        try:
+            return run_pass(model, guide, args, kwargs, guide_handlers=guide_handlers,
+                            handlers=(tracking,),
+                            model_handlers=self._enumeration(program.guide_enumerated))
+        except Exception as e:
+            if self.max_plate_nesting == float("inf"):  # (run without enumeration)
+                e.add_note(_checks.NESTING_NOTE)
+            raise
 
     # --- loss ----------------------------------------------------------------------------------
 
@@ -294,7 +300,9 @@ class ARSM_ELBO(ELBO):
     def _loss(self, model, guide, args, kwargs):
         elbo = 0.0
         for particle in self._get_traces(model, guide, args, kwargs):
-            if particle.components is not None:
+            if particle.guide_enumerated:
+                elbo_particle = torch_item(_enum.dice_terms(particle, particle.noise)[0])
+            elif particle.components is not None:
                 elbo_particle = torch_item(_enum.enumerated_terms(particle, particle.noise)[0])
             else:
                 elbo_particle = torch_item(particle.model_trace.log_prob_sum()) - torch_item(
@@ -344,7 +352,9 @@ class ARSM_ELBO(ELBO):
         """ELBO, surrogate ELBO and pseudo evaluations of one particle: TraceGraph_ELBO's terms
         for everything but the ARSM sites, and ``g . logits`` for each ARSM site, ``g`` its
         estimate."""
-        if particle.components is not None:
+        if particle.guide_enumerated:
+            elbo, surrogate_elbo = _enum.dice_terms(particle, particle.noise)
+        elif particle.components is not None:
             elbo, surrogate_elbo = _enum.enumerated_terms(particle, particle.noise)
         else:
             elbo, surrogate_elbo = _costs.tracegraph_terms(particle)
@@ -369,11 +379,10 @@ class ARSM_ELBO(ELBO):
         logits = site_logits(kind, base, element_shape)
         spec, downstream = _costs.cost_spec(particle, name)
         enumerated = particle.components is not None
-        real_cost, cost_shape = _costs.real_cost(
-            particle, spec, site, element_shape,
-            _enum.enumerated_pass_cost if enumerated else _costs.pass_cost)
-        separable = _costs.is_separable(particle, spec, site) and (
-            not enumerated or _enum.separable_under_enumeration(particle, spec, site))
+        real_cost, cost_shape = _costs.real_cost(particle, spec, site, element_shape,
+                                                 _pseudo.cost_of_pass(particle))
+        separable = _costs.is_separable(particle, spec, site) and not particle.guide_enumerated \
+            and (not enumerated or _enum.separable_under_enumeration(particle, spec, site))
         estimator, num_samples = site_estimator(name, site["infer"], self.estimator,
                                                 self.num_rloo_samples)
         self._check_estimator(name, estimator)

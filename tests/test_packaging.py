@@ -94,7 +94,7 @@ def test_wheel_contents(tmp_path):
     assert not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)
     assert f"\nVersion: {importlib.metadata.version(DIST)}\n" in metadata
     assert "Requires-Python: >=3.11" in metadata
-    for extra in ("pyro", "numpyro", "examples", "test", "docs", "lint", "all"):
+    for extra in ("pyro", "numpyro", "enum", "examples", "test", "docs", "lint", "all"):
         assert f"Provides-Extra: {extra}\n" in metadata
 
 
@@ -130,12 +130,24 @@ def test_pyro_private_compute_elbo():
     from pyro.infer import tracegraph_elbo
 
     assert hasattr(tracegraph_elbo, "_compute_elbo"), \
-        "pyro.infer.tracegraph_elbo._compute_elbo is gone (used by pyro_arsm.elbo)"
+        "pyro.infer.tracegraph_elbo._compute_elbo is gone (used by pyro_arsm._costs)"
     assert hasattr(tracegraph_elbo, "TrackNonReparam"), \
         "pyro.infer.tracegraph_elbo.TrackNonReparam is gone (used by pyro_arsm.elbo)"
     params = list(inspect.signature(tracegraph_elbo._compute_elbo).parameters)
     assert params == ["model_trace", "guide_trace"], \
         f"pyro.infer.tracegraph_elbo._compute_elbo now takes {params}"
+
+
+def test_pyro_private_compute_dice_elbo():
+    """_enum.py (guide-side enumeration): ``traceenum_elbo._compute_dice_elbo(model_trace,
+    guide_trace)`` on packed traces gives TraceEnum_ELBO's differentiable ELBO."""
+    from pyro.infer import traceenum_elbo
+
+    assert hasattr(traceenum_elbo, "_compute_dice_elbo"), \
+        "pyro.infer.traceenum_elbo._compute_dice_elbo is gone (used by pyro_arsm._enum)"
+    params = list(inspect.signature(traceenum_elbo._compute_dice_elbo).parameters)
+    assert params == ["model_trace", "guide_trace"], \
+        f"pyro.infer.traceenum_elbo._compute_dice_elbo now takes {params}"
 
 
 def test_pyro_private_compute_elbo_returns_elbo_and_surrogate_loss():
@@ -171,7 +183,7 @@ def test_pyro_private_subsample():
     from pyro.poutine import subsample_messenger
 
     assert hasattr(subsample_messenger, "_Subsample"), \
-        "pyro.poutine.subsample_messenger._Subsample is gone (used by pyro_arsm.elbo)"
+        "pyro.poutine.subsample_messenger._Subsample is gone (used by pyro_arsm)"
 
     def model():
         with pyro.plate("data", 10, subsample_size=3):
