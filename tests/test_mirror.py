@@ -186,7 +186,7 @@ def _numpyro_count(guide_site, num_particles):
     return elbo.last_num_pseudo_evaluations
 
 
-@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("num_particles", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_last_num_pseudo_evaluations_means_the_same(num_particles):
     # a plated categorical site whose cost is not element-separable (the observed y sums over
     # the plate): the whole-site swaps, C(C-1)/2 = 6 per particle, summed over particles; Pyro

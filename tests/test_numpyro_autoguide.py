@@ -75,6 +75,7 @@ def amortized_model(data):
     numpyro.sample("y", dist.Normal(2.0 * (w[..., 0] == w[..., 1]), 0.5), obs=1.0)
 
 
+@pytest.mark.slow  # (quick-stage budget: the full stage runs it)
 def test_unbiased_amortized_logits_and_to_event():
     guide = AutoCategorical(amortized_model, network=encoder)
     data = DATA
@@ -85,6 +86,7 @@ def test_unbiased_amortized_logits_and_to_event():
                    label="numpyro amortized AutoCategorical, to_event")
 
 
+@pytest.mark.slow  # (quick-stage budget: the full stage runs it)
 def test_subsampled_plate_uses_full_size_logits():
     data = jnp.arange(10.0)
 

@@ -38,6 +38,7 @@ from numpyro_models import (  # noqa: E402
 from numpyro_arsm import ARSM_ELBO  # noqa: E402
 
 
+@pytest.mark.slow  # (quick-stage budget: the full stage runs it)
 def test_loss_value_is_the_negative_elbo():
     exact = enum_loss(plated_model, plated_guide, PLATED, PLATED_DATA)
     elbo = ARSM_ELBO(num_particles=2000)
@@ -214,6 +215,7 @@ def test_score_function_fallback_for_poisson_is_unbiased_and_warned():
 
 
 @pytest.mark.usefixtures("fresh_param_store")
+@pytest.mark.slow  # (quick-stage budget: the full stage runs it)
 def test_pyro_and_numpyro_mean_gradients_agree():
     # the same plated model in both PPLs: their ARSM mean gradients are statistically equal
     pytest.importorskip("torch")

@@ -317,8 +317,8 @@ def test_arsm_grad_from_columns_equals_arsm_grad_on_the_gathered_costs(C, elemen
     np.testing.assert_array_equal(np.asarray(swaps), expected_swaps)
 
 
-@pytest.mark.parametrize("C", [pytest.param(2, marks=SLOW), 3, pytest.param(9, marks=SLOW),
-                               pytest.param(40, marks=SLOW), 200])
+@pytest.mark.parametrize("C", [pytest.param(2, marks=SLOW), pytest.param(3, marks=SLOW),
+                               pytest.param(9, marks=SLOW), pytest.param(40, marks=SLOW), 200])
 def test_sorted_swap_sums_equal_the_dense_swap_table(C):
     # _swap_costs_times (used from C = 160 on) reads (F w) off sorted prefix sums; check it
     # against F built swap by swap

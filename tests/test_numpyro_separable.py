@@ -93,6 +93,7 @@ def test_unbiased_bernoulli_plate_local():
                    estimator="local", label="numpyro Bernoulli plate, local")
 
 
+@pytest.mark.slow  # (tests/test_mirror.py counts evaluations in the quick stage)
 def test_separable_site_costs_C_evaluations():
     for estimator, expected in [("arsm", 4), ("local", 4)]:
         elbo = ARSM_ELBO(estimator=estimator)

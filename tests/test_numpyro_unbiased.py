@@ -245,6 +245,7 @@ def test_unbiased_masked_elements(how):
     assert_unbiased(draws, exact, label=f"numpyro mask via {how}")
 
 
+@pytest.mark.slow  # (quick-stage budget: the full stage runs it)
 def test_unbiased_probs_parameterization():
     # probs live on the simplex: compare the gradients' components along it (row-centred), as a
     # simplex-constrained numpyro.param would see them

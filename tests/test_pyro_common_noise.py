@@ -212,6 +212,7 @@ def test_bound_methods_share_one_cache_entry():
     assert len(elbo._programs) == 2  # another object is another program
 
 
+@pytest.mark.slow  # (a garbage-collection loop)
 def test_a_collected_program_never_matches_a_new_one():
     elbo = ARSM_ELBO(max_plate_nesting=1)
     obj = _Program()

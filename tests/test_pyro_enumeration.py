@@ -124,9 +124,9 @@ SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name, kwargs", [
-    ("global_sampled", {}),
+    pytest.param("global_sampled", {}, marks=SLOW),
     ("coupled", {}),
-    ("local", {}),
+    pytest.param("local", {}, marks=SLOW),
     ("local", {"estimator": "local"}),
     ("chain", {}),
     pytest.param("chain", {"estimator": "rloo"}, marks=SLOW),

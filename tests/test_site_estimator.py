@@ -147,6 +147,7 @@ def test_the_handler_is_exported_by_both_packages():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # (20 s of XLA compilation; the Pyro z-test above is quick)
 def test_numpyro_per_site_choice_is_unbiased_and_counted():
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
