@@ -67,7 +67,7 @@ SIGNATURE_DIFFERENCES = {
         "numpyro only": {"prefix": "NumPyro autoguides name their parameters with a prefix"},
     },
     "compare_estimators": {
-        "pyro only": {"max_plate_nesting": "as for ARSM_ELBO"},
+        "pyro only": {"max_plate_nesting": "passed to every ELBO; NumPyro's goes in elbo_kwargs"},
         "numpyro only": {
             "params": "NumPyro is functional: the parameters are passed, not read from a store",
             "rng_key": "JAX randomness is explicit",
