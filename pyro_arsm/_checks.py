@@ -40,12 +40,9 @@ def check_arguments(estimator, num_rloo_samples, vectorize_pseudo, pseudo_batch_
         raise ValueError("ARSM_ELBO: pseudo_batch_size must be a positive integer or None")
 
 
-def check_sites(model_trace, guide_trace, enumerated, warn, warn_score_function):
+def check_sites(model_trace, guide_trace, warn, warn_score_function):
     """Checks one real pass's traces: raises on a model the ELBO would get wrong, warns (once, via
-    ``warn``) about guide sites configured for enumeration, score-function sites and ignored
-    baselines."""
-    for name in enumerated:
-        warn(("enumerate", name), enumerated_guide_site(name))
+    ``warn``) about score-function sites and ignored baselines."""
     for name, site in model_trace.nodes.items():
         if site["type"] == "sample" and not is_subsample(site["fn"]):
             _check_model_site(name, site, guide_trace.nodes.get(name))
@@ -123,10 +120,12 @@ def guide_messenger_message():
             "callable guide or an AutoGuide.")
 
 
-def enumerated_guide_site(name):
-    return (f"ARSM_ELBO: guide site '{name}' is configured for enumeration (e.g. by "
-            "config_enumerate); ARSM_ELBO samples it and estimates its gradient with ARSM "
-            "instead. Use TraceEnum_ELBO to enumerate it exactly.")
+def guide_enumeration_message(name, mark):
+    return (f"ARSM_ELBO: guide site '{name}' is marked infer={{'enumerate': {mark!r}}}; "
+            "ARSM_ELBO sums out parallel enumeration only. Mark it 'parallel' "
+            "(config_enumerate(guide, 'parallel'); the guide and model must then broadcast over "
+            "an enumeration dim on the left) to sum it out exactly, or drop the mark to estimate "
+            "its gradient with the ELBO's estimator.")
 
 
 def not_separable_message(name):

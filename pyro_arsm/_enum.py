@@ -301,17 +301,8 @@ def dice_pass_cost(guide_trace, model_trace, spec, pseudo=None):
 
 def pass_again(elbo, program, sampler, raw_guide_trace, raw_model_trace, call):
     """Whether ``elbo``'s real pass must run again: with enumeration, once ``max_plate_nesting``
-    is guessed, or with the guide's marked sites enumerated (or sampled again, where a sampled
-    discrete site depends on one: not enumerated yet)."""
-    if program.guide_enumerated and any(
-            len(raw_guide_trace.nodes[n]["fn"].batch_shape) > elbo.max_plate_nesting
-            for n in sampler.noise):
-        program.guide_enumerated, program.guide_enumeration_refused = False, True
-        for name in sampler.enumerated:
-            elbo._warn(("enumerate", name), _checks.enumerated_guide_site(name))
-        return True
-    wants_guide = not (program.guide_enumerated or program.guide_enumeration_refused) and \
-        "parallel" in sampler.enumerated.values()
+    is guessed, or with the guide's marked sites enumerated."""
+    wants_guide = not program.guide_enumerated and "parallel" in sampler.enumerated.values()
     if not wants_guide and not (elbo.max_plate_nesting == float("inf") and
                                 marked_for_enumeration(raw_model_trace,
                                                        raw_guide_trace)):

@@ -36,10 +36,9 @@ class ProgramState:
         self.compiled = None
         self.finite_names = []
         self.num_pseudo_evaluations = 0
-        # the guide's marked sites are enumerated (True), or sampled because a sampled discrete
-        # site depends on one (refused)
+        # the guide's sites marked for parallel enumeration are summed out (found on the first
+        # real pass)
         self.guide_enumerated = False
-        self.guide_enumeration_refused = False
 
 
 class _Strong:

@@ -242,7 +242,7 @@ class _PseudoPass:
             nesting, offset = self.particle.max_plate_nesting, int(pseudo is not None)
             guide_handlers = (sampler,)
             if self.particle.guide_enumerated:
-                guide_handlers = (_enum.guide_enumeration(nesting, offset), sampler)
+                guide_handlers = (sampler, _enum.guide_enumeration(nesting, offset))
             enumerating = self.particle.guide_enumerated or self.particle.components is not None
             model_handlers = _enum.enumeration(nesting, self.particle.guide_enumerated,
                                                offset) if enumerating else ()

@@ -18,7 +18,7 @@ from pyro.poutine.messenger import Messenger
 
 from pyro_arsm import _noise
 from pyro_arsm import estimators as est
-from pyro_arsm._checks import finite_logits_message
+from pyro_arsm._checks import finite_logits_message, guide_enumeration_message
 from pyro_arsm._pyro_internals import is_subsample
 from pyro_arsm._sites import arsm_kind, element_shape_of, site_logits, value_from_action
 from pyro_arsm.config import site_estimator
@@ -139,12 +139,14 @@ class _ARSMSampler(Messenger):
         kind, base = arsm_kind(msg["fn"])
         if kind is not None and msg["infer"].get("enumerate"):
             site_estimator(name, msg["infer"], None, None)  # (raises if it names one too)
-            self.enumerated[name] = msg["infer"]["enumerate"]
-            if self.enumerate_guide and msg["infer"]["enumerate"] == "parallel":
-                return  # summed out
-            # Otherwise (a guide that ARSM_ELBO cannot enumerate yet) the site is sampled, as
-            # Trace_ELBO does; the ELBO warns once. The flag is dropped so that replaying this
-            # trace into the model does not mark the model site as enumerated.
+            mark = msg["infer"]["enumerate"]
+            if mark != "parallel":
+                raise ValueError(guide_enumeration_message(name, mark))
+            self.enumerated[name] = mark
+            if self.enumerate_guide:
+                return  # (summed out by the EnumMessenger inside)
+            # The first real pass of a program samples it, to find the marks; the flag is
+            # dropped so that replaying this trace into the model does not mark the model site.
             msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
         if kind is None:
             self._sample_other(msg)

@@ -234,8 +234,7 @@ class ARSM_ELBO(ELBO):
                             (model, guide, args, kwargs)):
             return self._real_pass(model, guide, args, kwargs, program)
         guide_enumerated = program.guide_enumerated
-        _checks.check_sites(raw_model_trace, raw_guide_trace,
-                            {} if guide_enumerated else sampler.enumerated, self._warn,
+        _checks.check_sites(raw_model_trace, raw_guide_trace, self._warn,
                             self.warn_score_function)
         validating = pyro.infer.util.is_validation_enabled()
         if validating:
@@ -268,7 +267,7 @@ class ARSM_ELBO(ELBO):
         """The traces of a real pass: guide (and model) enumerated as ``program`` says."""
         guide_handlers = (sampler,)
         if program.guide_enumerated:
-            guide_handlers = (_enum.guide_enumeration(self.max_plate_nesting), sampler)
+            guide_handlers = (sampler, _enum.guide_enumeration(self.max_plate_nesting))
         tracking = TrackScored() if program.provenance else contextlib.nullcontext()
         try:
             return run_pass(model, guide, args, kwargs, guide_handlers=guide_handlers,

@@ -11,7 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyro_exact import (
     assert_unbiased,
     count_passes,
@@ -387,19 +387,70 @@ def test_a_sampled_site_upstream_of_guide_enumerated_sites_is_unbiased(estimator
     assert_unbiased(draws, exact, label=f"guide-enumerated y below a sampled c, {estimator}")
 
 
-def test_a_sampled_site_below_a_guide_enumerated_one_keeps_it_sampled_with_a_warning():
-    # not enumerated yet: a sampled discrete site whose logits depend on an enumerated guide site
+def below_model(x):
+    y = pyro.sample("y", dist.Bernoulli(0.4))
+    with pyro.plate("data", len(x)):
+        c = pyro.sample("c", dist.Categorical(logits=torch.zeros(3)))
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(c + y - 1.0 + 0.3 * w, 1.0), obs=x)
+
+
+def below_guide(x):
+    """A global ``y`` that the guide enumerates over per-datum sampled ``c_n`` whose logits depend
+    on it, and a reparameterized ``w_n`` below both."""
+    y = pyro.sample("y", dist.Bernoulli(logits=pyro.param("v", torch.tensor(0.3))),
+                    infer={"enumerate": "parallel"})
+    phi = pyro.param("phi", torch.tensor([[0.2, -0.3, 0.1], [-0.4, 0.5, 0.0]]))
+    with pyro.plate("data", len(x)):
+        # (y's enumerated value has a dim left of the plate, so the logits get one too)
+        c = pyro.sample("c", dist.Categorical(logits=phi[y.long()] + pyro.param(
+            "u", torch.zeros(len(x), 3))))
+        pyro.sample("w", dist.Normal(pyro.param("m", torch.zeros(len(x))) + 0.5 * c, 1.0))
+
+
+@pytest.mark.slow  # one particle per draw (see above): 800 draws for a standard error under 5%
+@pytest.mark.parametrize("estimator", ["arsm", "rloo"])
+def test_a_sampled_site_below_a_guide_enumerated_one_is_unbiased(estimator):
+    # c's batch shape holds y's enumeration dim: one estimate per value of y, each on the whole
+    # pass's expectation (y's weights included); w is pathwise. The reference is TraceEnum_ELBO
+    # with c enumerated too (only w sampled: its own standard error enters the z-test)
+    names = ["v", "phi", "u", "m"]
+    x = X[:3]
+    below_model(x)
+    below_guide(x)
+    reference = TraceEnum_ELBO(max_plate_nesting=1, num_particles=1000, vectorize_particles=True)
+    draws = gradient_draws(reference, below_model, config_enumerate(below_guide), names, 40, x)
+    exact, exact_se = draws.mean(0), draws.std(0) / 40 ** 0.5
+    elbo = ARSM_ELBO(max_plate_nesting=1, estimator=estimator)
+    draws = gradient_draws(elbo, below_model, below_guide, names, 800, x)
+    assert_unbiased(draws, exact, exact_se,
+                    label=f"sampled c below guide-enumerated y, {estimator}")
+
+
+def test_a_guide_site_marked_for_sequential_enumeration_is_an_error_naming_the_site():
     def guide(x):
-        y = pyro.sample("y", dist.Bernoulli(logits=pyro.param("v", torch.tensor(0.3))),
-                        infer={"enumerate": "parallel"})
-        pyro.sample("c", dist.Categorical(logits=pyro.param("phi", torch.zeros(2, 3))[y.long()]))
+        pyro.sample("y", dist.Bernoulli(logits=pyro.param("v", torch.tensor(0.3))),
+                    infer={"enumerate": "sequential"})
 
     def model(x):
         y = pyro.sample("y", dist.Bernoulli(0.4))
-        c = pyro.sample("c", dist.Categorical(logits=torch.zeros(3)))
-        pyro.sample("x", dist.Normal(c + y, 1.0), obs=x[0])
+        pyro.sample("x", dist.Normal(y, 1.0), obs=x[0])
 
-    elbo = ARSM_ELBO(max_plate_nesting=0)
-    with pytest.warns(UserWarning, match="guide site 'y' is configured for enumeration"):
-        for _ in range(3):
-            elbo.differentiable_loss(model, guide, X)
+    with pytest.raises(ValueError, match=r"guide site 'y' is marked infer=\{'enumerate': "
+                                         r"'sequential'\}.*Mark it 'parallel'"):
+        ARSM_ELBO(max_plate_nesting=0).differentiable_loss(model, guide, X)
+
+def test_a_sampled_site_below_a_guide_enumerated_one_gets_one_estimate_per_value():
+    # deterministic: no warning, y summed out (its enumeration dim in c's batch shape), c's
+    # logits and estimate one row per value of y
+    elbo = ARSM_ELBO(max_plate_nesting=1)
+    x = X[:3]
+    below_model(x)
+    below_guide(x)
+    particle = next(elbo._get_traces(below_model, below_guide, (x,), {}))
+    assert particle.guide_enumerated
+    assert particle.guide_trace.nodes["y"]["value"].shape == (2, 1)
+    assert particle.guide_trace.nodes["c"]["fn"].batch_shape == (2, 3)
+    loss = elbo.differentiable_loss(below_model, below_guide, x)
+    loss.backward()
+    assert pyro.param("phi").grad.abs().min() > 0  # both rows of phi: both values of y
