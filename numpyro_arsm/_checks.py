@@ -73,13 +73,12 @@ def missing_from_guide_message(name):
             "be sampled from the prior and the ELBO would be wrong. Add it to the guide.")
 
 
-def enumerated_guide_site_message(name, enumerate_mark, how):
-    """``how``: the estimator the site gets instead (ARSM or the score-function fallback)."""
-    return (
-        f"ARSM_ELBO: guide site '{name}' is marked for enumeration (infer={{'enumerate': "
-        f"{enumerate_mark!r}}}, e.g. by config_enumerate); ARSM_ELBO samples it instead and "
-        f"estimates its gradient with {how}. To enumerate it, use TraceEnum_ELBO."
-    )
+def guide_enumeration_message(name, mark):
+    return (f"ARSM_ELBO: guide site '{name}' is marked infer={{'enumerate': {mark!r}}}; "
+            "ARSM_ELBO sums out parallel enumeration only. Mark it 'parallel' "
+            "(config_enumerate(guide, 'parallel'); the guide and model must then broadcast over "
+            "an enumeration dim on the left) to sum it out exactly, or drop the mark to estimate "
+            "its gradient with the ELBO's estimator.")
 
 
 def score_function_message(name, fn):
@@ -148,16 +147,14 @@ def _check_sites(model_trace, guide_trace, marked=None):
 
 def _site_warnings(guide_trace, sampler, warn_score_function):
     """The warnings a real pass calls for, as ``[(key, message)]`` (the ELBO gives each key one
-    warning): enumeration-marked guide sites, and sites that get the score-function fallback."""
+    warning): sites that get the score-function fallback (not those marked for enumeration)."""
     found = []
-    for name, mark in sampler.enumerated.items():
-        how = "ARSM" if name in sampler.noise else "the score-function fallback"
-        found.append((("enumerated", name), enumerated_guide_site_message(name, mark, how)))
     if not warn_score_function:
         return found
     for name, site in guide_trace.items():
         if (site["type"] != "sample" or site.get("is_observed", False)
-                or site["fn"].has_rsample or name in sampler.noise):
+                or site["fn"].has_rsample or name in sampler.noise
+                or name in sampler.enumerated):
             continue
         found.append((("score_function", name), score_function_message(name, site["fn"])))
     return found

@@ -28,11 +28,12 @@ class _Dependencies(NamedTuple):
                     yield n, sign, site
 
 
-def _dependencies(particle, guide_trace):
+def _dependencies(particle, guide_trace, model_trace=None):
     """The :class:`_Dependencies` of a particle (a ``_sampler._Particle``), from provenance at
-    the latent values of its real pass's ``guide_trace``."""
+    the latent values of its real pass's ``guide_trace`` (and of the model's own latent sites in
+    ``model_trace``, e.g. those it enumerates: TraceEnum_ELBO's groups need them)."""
     latents = {
-        n: s["value"] for n, s in guide_trace.items()
+        n: s["value"] for tr in (model_trace or {}, guide_trace) for n, s in tr.items()
         if s["type"] == "sample" and not s.get("is_observed", False)
     }
     model_deps, guide_deps = get_nonreparam_deps(

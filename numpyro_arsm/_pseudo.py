@@ -18,6 +18,7 @@ from jax.lax import stop_gradient
 
 from numpyro_arsm._costs import _CostSpec, _site_cost
 from numpyro_arsm._enum import enumerated_site_cost
+from numpyro_arsm._guide_enum import dice_pass_cost
 from numpyro_arsm._sampler import _Particle
 
 
@@ -39,11 +40,12 @@ class _PseudoPass:
     value_shape: tuple  # the site's value shape (batch and event dims)
     pseudo_map: str = "vmap"  # "vmap" or "map" (lax.map)
     batch_size: Optional[int] = None  # lax.map's chunk size
-    enumerated: bool = False  # whether the model sums marked sites out (``run`` enumerates)
+    enumerated: str = ""  # "model" / "guide": the model's / every marked site summed out
 
     def cost_of(self, model_trace, guide_trace):
         """The site's cost (no gradient) in the pass of these traces: ``[*cost_shape]``."""
-        cost = enumerated_site_cost if self.enumerated else _site_cost
+        cost = {"": _site_cost, "model": enumerated_site_cost,
+                "guide": dice_pass_cost}[self.enumerated]
         return stop_gradient(cost(model_trace, guide_trace, self.spec))
 
     def _evaluate(self, action):

@@ -20,6 +20,7 @@ from jax.lax import stop_gradient
 from numpyro.primitives import Messenger
 
 from numpyro_arsm import estimators as est
+from numpyro_arsm._checks import guide_enumeration_message
 from numpyro_arsm._sites import arsm_kind, element_shape_of, site_logits
 from numpyro_arsm.config import site_estimator
 
@@ -73,15 +74,18 @@ class _ARSMSampler(Messenger):
     and different at every site. Must wrap ``seed`` from outside, so that ``seed`` still hands a
     key to the site (keeping the other sites' keys).
 
-    Sites marked for enumeration (``infer={"enumerate": ...}``, e.g. by ``config_enumerate``)
-    are sampled like the others; their names are recorded in ``enumerated`` and the mark is
-    dropped from the message, so that replaying the guide trace does not mark the model site.
+    Sites marked for enumeration (``infer={"enumerate": "parallel"}``, e.g. by
+    ``config_enumerate``) are recorded in ``enumerated``; with ``enumerate_guide`` they are left
+    to the enumeration handler outside, else (the first real pass, which finds the marks) they
+    are sampled and the mark is dropped from the message, so that replaying the guide trace
+    does not mark the model site. Any other mark is an error naming the site.
     With ``check_finite``, ``finite`` maps each site to whether its logits are finite (a traced
     boolean, no host callback here: the ELBO checks all flags once per loss call).
     """
 
-    def __init__(self, fn, noise_key, check_finite=True):
+    def __init__(self, fn, noise_key, check_finite=True, enumerate_guide=False):
         super().__init__(fn)
+        self.enumerate_guide = enumerate_guide
         self.noise_key = noise_key
         self.check_finite = check_finite
         self.noise = {}
@@ -95,7 +99,11 @@ class _ARSMSampler(Messenger):
         infer = msg.get("infer") or {}
         if infer.get("enumerate"):
             site_estimator(name, infer, None, None)  # (raises if it names one too)
+            if infer["enumerate"] != "parallel":
+                raise ValueError(guide_enumeration_message(name, infer["enumerate"]))
             self.enumerated[name] = infer["enumerate"]
+            if self.enumerate_guide:
+                return  # (summed out by the enumeration handler outside)
             msg["infer"] = {k: v for k, v in infer.items() if k != "enumerate"}
         if msg["value"] is not None:
             return

@@ -22,7 +22,7 @@ from numpyro.handlers import seed, substitute
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import get_importance_trace
 
-from numpyro_arsm import _enum
+from numpyro_arsm import _enum, _guide_enum
 from numpyro_arsm import estimators as est
 from numpyro_arsm._checks import (
     _MANY_EVALUATIONS,
@@ -52,7 +52,7 @@ class _RealPass(NamedTuple):
     noise: dict  # ARSM site -> _SiteNoise
     deps: _Dependencies
     run: Callable  # the runner of its passes (ARSM_ELBO._run, enumerating where it must)
-    enumerated: bool  # whether the model sums marked sites out
+    enumerated: str  # "" (none), "model" (the model sums marked sites out) or "guide" (both)
 
 
 class _Site(NamedTuple):
@@ -145,10 +145,13 @@ class ARSM_ELBO(ELBO):
     Like TraceGraph_ELBO, each trace of the real pass (once per compilation under ``jit``) runs
     NumPyro's ``check_model_guide_match`` (a warning for guide sites absent from the model, an
     error when model and guide shapes disagree) and ``_validate_model(plate_warning="strict")``
-    (a warning for a batch dim without a plate). A guide site marked for enumeration
-    (``infer={"enumerate": ...}``, e.g. a guide written for TraceEnum_ELBO with
-    ``config_enumerate``) is sampled and gets the same estimator as an unmarked one, with one
-    warning per site.
+    (a warning for a batch dim without a plate). Guide sites marked
+    ``infer={"enumerate": "parallel"}`` (e.g. a guide written for TraceEnum_ELBO with
+    ``config_enumerate``) are summed out with their guide probabilities, as TraceEnum_ELBO sums
+    them (its own expectation, the sampled sites' DiCE terms taken out); each sampled site,
+    upstream of them or downstream (its batch shape then holds their enumeration dims: one
+    estimate per value), gets the ELBO's estimator with the pass's whole enumerated ELBO as its
+    cost at each pseudo action. Any other mark is an error naming the site.
 
     **Enumeration.** Model sites marked ``infer={"enumerate": "parallel"}`` and absent from the
     guide are summed out exactly, as NumPyro's ``TraceEnum_ELBO`` sums them (with funsor:
@@ -248,15 +251,22 @@ class ARSM_ELBO(ELBO):
     # --- one particle ------------------------------------------------------------------------
 
     def _run(self, keys, param_map, model, guide, args, kwargs, substitutions=None,
-             plate_nesting=None):
+             plate_nesting=None, guide_deps=None):
         """Guide and model, traced: ``(model_trace, guide_trace, sampler)``. The one place they
         run, for the real pass and every pseudo pass (``substitutions``: the pseudo value). With
-        ``plate_nesting``, the model's marked sites are enumerated left of that many plates."""
+        ``plate_nesting``, the model's marked sites are enumerated left of that many plates;
+        with ``guide_deps`` (the particle's dependencies) the guide's marked sites too."""
         model_key, guide_key, noise_key = keys
         seeded_guide = seed(guide, guide_key)
         if substitutions:
             seeded_guide = substitute(seeded_guide, data=substitutions)
-        sampler = _ARSMSampler(seeded_guide, noise_key, self.check_finite)
+        sampler = _ARSMSampler(seeded_guide, noise_key, self.check_finite,
+                               enumerate_guide=guide_deps is not None)
+        if guide_deps is not None:
+            model_trace, guide_trace = _guide_enum.guide_enumerated_trace(
+                seed(model, model_key), sampler, args, kwargs, _fresh(param_map), plate_nesting,
+                guide_deps)
+            return model_trace, guide_trace, sampler
         if plate_nesting is not None:
             with _enum.enumerating(plate_nesting):
                 model_trace, guide_trace = _enum.enumerated_importance_trace(
@@ -285,14 +295,24 @@ class ARSM_ELBO(ELBO):
         _check_sites(model_trace, guide_trace, marked)
         for key, message in _site_warnings(guide_trace, sampler, self.warn_score_function):
             self._warn_once(key, message, stacklevel=5)
-        run = self._run
-        if marked:  # the same pass again, the marked sites summed out
+        guide_marked = _guide_enum.marked_guide_sites(sampler)
+        deps = _dependencies(particle, guide_trace, model_trace if guide_marked else None)
+        run, mode = self._run, ""
+        if guide_marked:  # again, every marked site summed out
+            run = partial(self._run, plate_nesting=self._plate_nesting(model_trace, guide_trace),
+                          guide_deps=deps)
+            model_trace, guide_trace, sampler = run(*particle)
+            mode = "guide"
+        elif marked:  # the same pass again, the marked sites summed out
             run = partial(self._run, plate_nesting=self._plate_nesting(model_trace, guide_trace))
             model_trace, guide_trace, sampler = run(*particle)
-        real = _RealPass(model_trace, guide_trace, sampler.noise,
-                         _dependencies(particle, guide_trace), run, bool(marked))
+            mode = "model"
+        real = _RealPass(model_trace, guide_trace, sampler.noise, deps, run, mode)
 
-        if real.enumerated:
+        if mode == "guide":
+            elbo = _guide_enum.dice_elbo(model_trace, guide_trace, deps, real.noise)
+            surrogate = 0.0
+        elif real.enumerated:
             elbo = _enum.enumerated_elbo(model_trace, guide_trace, real.noise)
             surrogate = 0.0
         else:
@@ -326,7 +346,8 @@ class ARSM_ELBO(ELBO):
         real_cost = pseudo.cost_of(real.model_trace, real.guide_trace)
         estimator, num_samples = site_estimator(name, real.guide_trace[name]["infer"],
                                                 self.estimator, self.num_rloo_samples)
-        separable = _is_separable(real.model_trace, real.guide_trace, spec) and (
+        separable = real.enumerated != "guide" and _is_separable(
+            real.model_trace, real.guide_trace, spec) and (
             not real.enumerated
             or _enum.separable_under_enumeration(real.model_trace, real.guide_trace, spec))
         if estimator == "local" and not separable:
