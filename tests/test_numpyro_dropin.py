@@ -170,7 +170,8 @@ def mixture_guide(data):
 enumerated_mixture_guide = config_enumerate(mixture_guide)
 
 
-@pytest.mark.parametrize("name", [pytest.param("mixture", marks=pytest.mark.slow), "chain"])
+@pytest.mark.parametrize("name", [pytest.param("mixture", marks=pytest.mark.slow),
+                                  pytest.param("chain", marks=pytest.mark.slow)])
 def test_a_config_enumerate_guide_is_trace_enum_elbo(name):
     # every discrete guide site marked (z2 of the chain below z1 included) is summed out with its
     # guide probabilities: nothing discrete is sampled, so loss and gradient are TraceEnum_ELBO's

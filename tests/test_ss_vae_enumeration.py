@@ -66,6 +66,7 @@ def test_with_z_fixed_the_loss_and_gradient_are_trace_enum_elbos():
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow  # (two-sample z-test, 2 x 200 draws; the equality check above stays quick)
 def test_the_gradient_is_unbiased_for_trace_enum_elbos_with_no_warning():
     # both Monte Carlo over z (reparameterized), y summed out: a two-sample z-test over the
     # guide's y-network and the decoder
