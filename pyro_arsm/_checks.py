@@ -27,8 +27,15 @@ class WarnOnce:
             warnings.warn(message, stacklevel=stacklevel)
 
 
-def check_arguments(estimator, num_rloo_samples, vectorize_pseudo, pseudo_batch_size):
+MODEL_GRADS = ("real", "all")
+
+
+def check_arguments(estimator, num_rloo_samples, vectorize_pseudo, pseudo_batch_size,
+                    model_grads="real"):
     """Raises on an argument of ``ARSM_ELBO`` outside its domain."""
+    if model_grads not in MODEL_GRADS:
+        raise ValueError(f"ARSM_ELBO: model_grads must be one of {MODEL_GRADS}, got "
+                         f"{model_grads!r}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"ARSM_ELBO: estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if num_rloo_samples is not None and num_rloo_samples < 2:

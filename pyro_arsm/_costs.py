@@ -15,6 +15,7 @@ from pyro.ops.provenance import detach_provenance
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
+from pyro_arsm._analytic import kl_term
 from pyro_arsm._checks import cost_shape_message, missing_pseudo_dim_message
 from pyro_arsm._dependencies import site_dependencies
 from pyro_arsm._pyro_internals import tracegraph_elbo
@@ -28,9 +29,12 @@ __all__ = ["CostSpec", "PseudoShapeError", "combine_costs", "cost_spec", "is_sep
 #   model_names / guide_names: all sites of the real pass; sites that appear only at a pseudo
 #       action (dynamic structure) depend on it too
 #   own_model / own_guide: the site's own log-prob is scored per event element (.to_event sites)
+#   analytic: ARSM sites whose KL is in closed form (pyro_arsm._analytic): their two log-probs
+#       are -KL in the cost of every other site and absent from their own
 CostSpec = namedtuple(
     "CostSpec",
-    ["name", "model_deps", "guide_deps", "model_names", "guide_names", "own_model", "own_guide"],
+    ["name", "model_deps", "guide_deps", "model_names", "guide_names", "own_model", "own_guide",
+     "analytic"],
 )
 
 
@@ -71,6 +75,7 @@ def cost_spec(particle, name):
         guide_names=frozenset(particle.raw_guide_trace.nodes),
         own_model=model_site is not None and event_ndims(model_site["fn"]) > 0,
         own_guide=event_ndims(particle.guide_trace.nodes[name]["fn"]) > 0,
+        analytic=particle.analytic,
     )
     return spec, downstream
 
@@ -87,19 +92,33 @@ def pass_cost(guide_trace, model_trace, spec, pseudo=None):
     target = guide_trace.nodes[name]["cond_indep_stack"]
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
+    analytic = spec.analytic
+
+    def model_term(n):
+        return n in spec.model_deps or n not in spec.model_names
+
+    def guide_term(n):
+        return n in spec.guide_deps or n not in spec.guide_names
+
     # (a .to_event site's own log-prob is computed per element below instead)
-    model_trace.compute_log_prob(lambda n, s: (n in spec.model_deps or n not in spec.model_names)
+    model_trace.compute_log_prob(lambda n, s: model_term(n) and n not in analytic
                                  and not (n == name and spec.own_model))
-    guide_trace.compute_log_prob(lambda n, s: (n in spec.guide_deps or n not in spec.guide_names)
+    guide_trace.compute_log_prob(lambda n, s: guide_term(n) and n not in analytic
                                  and not (n == name and spec.own_guide))
     shared = MultiFrameTensor()
     own = 0.0
+    for n in analytic:
+        # -KL in the cost of every other site whose model or guide term depends on it
+        if n != name and n in guide_trace.nodes and (model_term(n) or guide_term(n)):
+            guide_site = guide_trace.nodes[n]
+            shared.add((guide_site["cond_indep_stack"],
+                        -kl_term(model_trace.nodes[n], guide_site)))
     for trace, sign, deps, names, own_flag in (
         (model_trace, 1.0, spec.model_deps, spec.model_names, spec.own_model),
         (guide_trace, -1.0, spec.guide_deps, spec.guide_names, spec.own_guide),
     ):
         for n, s in trace.nodes.items():
-            if s["type"] != "sample" or (n not in deps and n in names):
+            if s["type"] != "sample" or (n not in deps and n in names) or n in analytic:
                 continue
             if n == name and own_flag:
                 own = own + sign * elementwise_log_prob(s)

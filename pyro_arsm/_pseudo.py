@@ -79,16 +79,23 @@ def action_costs(elbo, pseudo, actions, real_cost, separable):
     """Costs ``[R, *cost_shape]`` of whole-site actions ``[R, *elements]`` (the true action in
     row 0), and the number of evaluations.
 
-    Each distinct action is evaluated once and the true action reuses the real pass; a separable
+    Each distinct action is evaluated once and the true action reuses the real pass (with
+    ``pseudo.model_grads``, it is evaluated again, for its model terms with gradient); a separable
     site's costs are read off its per-element table where that takes fewer evaluations."""
     name = pseudo.spec.name
     distinct, inverse, true_index = elbo._distinct_actions(actions)
     others = [u for u in range(distinct.shape[0]) if u != true_index]
     if separable and pseudo.num_categories <= len(others):
         columns, num_evaluations = column_costs(elbo, pseudo, real_cost)
+        pseudo.rows_taken(actions=actions)
         return est.costs_from_columns(columns, actions), num_evaluations
     if len(others) > _MANY_EVALUATIONS:
         elbo._warn(("many", name), many_evaluations_message(name, len(others)))
+    if pseudo.model_grads:  # every distinct action, the true one too
+        costs = _pseudo_costs(elbo, pseudo, distinct[true_index], distinct, real_cost)
+        costs = torch.cat([costs[:true_index], real_cost.unsqueeze(0), costs[true_index + 1:]])
+        pseudo.rows_taken(inverse, true_index)
+        return (costs if inverse is None else costs[inverse]), distinct.shape[0]
     parts = [real_cost.unsqueeze(0)]
     if others:  # the distinct actions' costs in order, the real pass's at true_index
         costs = _pseudo_costs(elbo, pseudo, distinct[true_index], distinct[others], real_cost)
@@ -128,6 +135,7 @@ def _pseudo_costs(elbo, pseudo, true_action, actions, real_cost):
             _batched_failed(elbo, name, failure(e), actions.shape[0], pseudo.dim, e)
     if not elbo._allows_sequential_pass():
         raise NotImplementedError(compiled_needs_batched_pass(type(elbo).__name__, name))
+    pseudo.model_rows.clear()  # (of a batched pass that failed part-way)
     return pseudo.sequential(actions)
 
 
@@ -191,8 +199,16 @@ class _PseudoPass:
     """
 
     def __init__(self, particle, spec, kind, cost_shape, downstream, args, kwargs,
-                 check_finite=True):
+                 check_finite=True, model_grads=False):
         self.particle, self.spec, self.kind = particle, spec, kind
+        # model_grads: also keep each evaluated action's model terms of the cost, with their
+        # gradient to the model's parameters (guide values detached): model_rows holds
+        # (per-row sums [U], per-element costs [U, *cost_shape] or None) of each pass
+        self.model_grads = model_grads
+        self.model_rows = []
+        self.model_spec = spec._replace(guide_deps=frozenset(),
+                                        guide_names=frozenset(particle.raw_guide_trace.nodes))
+        self.correction = 0.0
         self.check_finite = check_finite
         self.cost_shape, self.downstream = cost_shape, downstream
         self.args, self.kwargs = args, kwargs
@@ -232,29 +248,87 @@ class _PseudoPass:
             if s["type"] == "sample" and n != self.spec.name and (
                     replay_all or n not in self.downstream) and (
                     s["infer"].get("_enumerate_dim") is None):  # (enumerated again)
-                part.add_node(n, **{**s, "value": detach_provenance(s["value"])})
+                value = detach_provenance(s["value"])
+                part.add_node(n, **{**s, "value": value.detach() if self.model_grads else value})
         return part
 
-    def _cost(self, guide, model, part, sampler, pseudo=None):
-        """``(shared, own)`` of one pass of ``guide`` and ``model`` with ``part`` replayed."""
+    def _cost(self, guide, model, part, sampler, pseudo=None, record=False):
+        """``(shared, own)`` of one pass of ``guide`` and ``model`` with ``part`` replayed; with
+        ``record`` (and ``model_grads``) also ``(shared, own)`` of its model terms, with their
+        gradient (the guide runs without)."""
+        record = record and self.model_grads
+
         def run():
             # enumerated dims left of the plates, and of the pseudo-action plate if batched
             nesting, offset = self.particle.max_plate_nesting, int(pseudo is not None)
             guide_handlers = (sampler,)
             if self.particle.guide_enumerated:
                 guide_handlers = (sampler, _enum.guide_enumeration(nesting, offset))
+            if record:
+                guide_handlers = guide_handlers + (torch.no_grad(),)
             enumerating = self.particle.guide_enumerated or self.particle.components is not None
             model_handlers = _enum.enumeration(nesting, self.particle.guide_enumerated,
                                                offset) if enumerating else ()
             guide_trace, model_trace = run_pass(
                 model, guide, self.args, self.kwargs, replay=part, guide_handlers=guide_handlers,
                 model_replay=self.model_subsample, model_handlers=model_handlers)
-            return self.cost_of_pass(guide_trace, model_trace, self.spec, pseudo)
+            cost = self.cost_of_pass(guide_trace, model_trace, self.spec, pseudo)
+            if not record:
+                return cost
+            return cost, pass_cost(guide_trace, model_trace, self.model_spec)
 
         # Pseudo values are valid by construction and the real pass was validated: skip the
         # distributions' argument checks, which cost as much as the decoder on large sites.
         with pyro.validation_enabled(False):
-            return self._without_grad(run)
+            if record:
+                with torch.enable_grad():
+                    (shared, own), model_cost = run()
+                return (_detach(shared), _detach(own)), model_cost
+            return self._without_grad(run), None
+
+    def _record(self, shared, own, lead):
+        """Keeps the model terms of the rows of one pass (``lead``: ``(U,) + pad`` batched,
+        ``()`` for one action): their sum per row, and per element where that is the cost's
+        layout (no event dims)."""
+        rows = lead[:1]
+        full = lead + self.batch_shape
+        shared = torch.as_tensor(shared)
+        shared = shared.reshape((1,) * (len(full) - shared.dim()) + tuple(shared.shape))
+        # each term once, however many elements it is shared by
+        total = shared.reshape(shared.shape[:len(rows)] + (-1,)).sum(-1).expand(rows)
+        if isinstance(own, torch.Tensor):
+            total = total + own.reshape(rows + (-1,)).sum(-1)
+        elements = None
+        if self.n_event == 0:
+            elements = combine_costs(shared, 0.0, full, rows + self.cost_shape, 0,
+                                     self.spec.name).reshape((-1,) + self.cost_shape)
+        self.model_rows.append((total, elements))
+
+    def rows_taken(self, inverse=None, true_index=0, actions=None, weights=None):
+        """Sets :attr:`correction`, ``mean(model terms at the actions) - model terms at the true
+        action``, from the passes recorded since the last call, and clears them: rows of
+        distinct actions (``inverse`` maps the estimator's rows onto them), or with ``actions``
+        (``[R, *elements]``) the estimator's rows read off recorded per-element columns, or with
+        ``weights`` (``[C, *elements]``) the columns weighted per element (``actions`` then
+        holds the true action alone). Each row is a draw
+        from ``q`` (a swap of the Dirichlet augmentation, an RLOO sample, the antithetic draw),
+        so the mean is unbiased for the model terms' gradient, with lower variance."""
+        if not self.model_rows:
+            return
+        totals = torch.cat([t.reshape(-1) for t, _ in self.model_rows])
+        if actions is None and weights is None:
+            rows = totals if inverse is None else totals[inverse]
+            self.correction = rows.mean() - totals[true_index]
+        else:
+            columns = torch.cat([e for _, e in self.model_rows])
+            true_row = est.costs_from_columns(columns, actions[:1]).sum()
+            if weights is not None:
+                mean = (weights.to(columns.dtype) * columns).sum()
+            else:
+                mean = est.costs_from_columns(columns, actions).reshape(
+                    actions.shape[0], -1).sum(-1).mean()
+            self.correction = mean - true_row
+        self.model_rows.clear()
 
     def batched(self, actions, replay_all=False):
         U = actions.shape[0]
@@ -265,9 +339,15 @@ class _PseudoPass:
         broadcast = {n: (U, -self.dim + len(s["fn"].event_shape), s["value"].shape)
                      for n, s in self.particle.raw_guide_trace.nodes.items()
                      if n in self.downstream}
-        shared, own = self._cost(with_pseudo_plate(self.particle.guide, U, self.dim),
-                                 with_pseudo_plate(self.particle.model, U, self.dim), part,
-                                 self._sampler(broadcast), pseudo=(U, self.dim))
+        (shared, own), model_cost = self._cost(
+            with_pseudo_plate(self.particle.guide, U, self.dim),
+            with_pseudo_plate(self.particle.model, U, self.dim), part, self._sampler(broadcast),
+            pseudo=(U, self.dim), record=not replay_all)
+        if model_cost is not None:
+            model_shared, model_own = model_cost
+            if not isinstance(model_own, float):
+                model_own = model_own.reshape((U,) + self.cost_shape)
+            self._record(model_shared, model_own, (U,) + pad)
         if not isinstance(own, float):
             own = own.reshape((U,) + self.cost_shape)
         return combine_costs(shared, own, (U,) + pad + self.batch_shape,
@@ -283,8 +363,11 @@ class _PseudoPass:
             trace.add_node(self.spec.name,
                            **{**self.site, "value": value.reshape(self.value_shape)})
             with torch.random.fork_rng(devices=[]):
-                shared, own = self._cost(self.particle.guide, self.particle.model, trace,
-                                         self._sampler())
+                (shared, own), model_cost = self._cost(self.particle.guide, self.particle.model,
+                                                       trace, self._sampler(),
+                                                       record=not replay_all)
+            if model_cost is not None:
+                self._record(*model_cost, ())
             costs.append(combine_costs(shared, own, self.batch_shape, self.cost_shape,
                                        self.n_event, self.spec.name))
         return torch.stack(costs)

@@ -38,7 +38,8 @@ _Particle = namedtuple(
     "_Particle",
     ["model", "guide", "model_trace", "guide_trace", "raw_guide_trace", "raw_model_trace",
      "noise", "streams", "max_plate_nesting", "deps", "signature", "program", "finite",
-     "components", "guide_enumerated"],
+     "components", "guide_enumerated", "analytic"],
+    defaults=(frozenset(),),
 )
 # program: the ProgramState of this model and guide (cached dependencies, pseudo-pass modes)
 # streams: the guide sites' random streams in this particle (None on the compiled path); a pseudo
@@ -49,6 +50,7 @@ _Particle = namedtuple(
 # about the batched pseudo pass.
 # finite: (site, bool tensor) pairs of the compiled path's deferred finiteness checks.
 # guide_enumerated: the guide's marked sites are enumerated (see pyro_arsm._enum)
+# analytic: the ARSM sites whose KL is in closed form (see pyro_arsm._analytic)
 # components: None, or for a model with enumerated sites the components of its factors
 # (see pyro_arsm._enum).
 

@@ -22,9 +22,9 @@ from pyro.infer.util import torch_backward, torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.util import check_model_guide_match, warn_if_nan
 
-from pyro_arsm import _checks, _costs, _enum, _noise, _pseudo
+from pyro_arsm import _analytic, _checks, _costs, _enum, _noise, _pseudo
 from pyro_arsm import estimators as est
-from pyro_arsm._dependencies import cached_dependencies, signature
+from pyro_arsm._dependencies import cached_dependencies, signature, site_dependencies
 from pyro_arsm._programs import ProgramCache
 from pyro_arsm._pyro_internals import TrackScored
 from pyro_arsm._sampler import _ARSMSampler, _Particle, run_pass
@@ -139,6 +139,8 @@ class ARSM_ELBO(ELBO):
         vectorize_particles: bool = False,
         estimator: str = "arsm",
         num_rloo_samples: Optional[int] = None,
+        analytic_kl: bool = True,
+        model_grads: str = "real",
         vectorize_pseudo: Union[str, bool] = "auto",
         pseudo_batch_size: Optional[int] = None,
         check_finite: bool = True,
@@ -148,7 +150,8 @@ class ARSM_ELBO(ELBO):
         ignore_jit_warnings: bool = False,
         strict_enumeration_warning: bool = True,
     ) -> None:
-        _checks.check_arguments(estimator, num_rloo_samples, vectorize_pseudo, pseudo_batch_size)
+        _checks.check_arguments(estimator, num_rloo_samples, vectorize_pseudo, pseudo_batch_size,
+                                model_grads)
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -159,6 +162,8 @@ class ARSM_ELBO(ELBO):
         )
         self.estimator = estimator
         self.num_rloo_samples = num_rloo_samples
+        self.analytic_kl = analytic_kl
+        self.model_grads = model_grads
         self.vectorize_pseudo = vectorize_pseudo
         self.pseudo_batch_size = pseudo_batch_size
         self.check_finite = check_finite
@@ -249,6 +254,11 @@ class ARSM_ELBO(ELBO):
         if not guide_enumerated and _enum.enumerated_sites(model_trace, guide_trace):
             model_trace.pack_tensors()
             components = _enum.components_of(model_trace, guide_trace)
+        analytic = frozenset()
+        if self.analytic_kl and components is None and not guide_enumerated:
+            analytic = self._analytic_sites(model_trace, guide_trace, raw_guide_trace,
+                                            raw_model_trace, sampler.noise, deps)
+            _analytic.substitute(model_trace, guide_trace, analytic)
         if components is not None or guide_enumerated:  # (batch shapes hold enumerated dims)
             nesting = self.max_plate_nesting
         else:
@@ -257,7 +267,19 @@ class ARSM_ELBO(ELBO):
                 nesting = max(nesting, self.max_plate_nesting)
         return _Particle(model, guide, model_trace, guide_trace, raw_guide_trace,
                          raw_model_trace, sampler.noise, sampler.streams, nesting, deps,
-                         structure, program, sampler.finite, components, guide_enumerated)
+                         structure, program, sampler.finite, components, guide_enumerated,
+                         analytic)
+
+    def _analytic_sites(self, model_trace, guide_trace, raw_guide_trace, raw_model_trace,
+                        names, deps):
+        """The ARSM sites of a real pass whose KL is taken in closed form."""
+        if deps is not None:
+            downstream = {name: deps[name][2] for name in names}
+        else:
+            downstream = {name: site_dependencies(model_trace, guide_trace, raw_guide_trace,
+                                                  name)[2] for name in names}
+        return _analytic.analytic_sites(model_trace, guide_trace, raw_model_trace, names,
+                                        downstream)
 
     def _enumeration(self, guide_enumerated=False):
         """The model's handlers in a real pass (see :func:`pyro_arsm._enum.enumeration`)."""
@@ -359,8 +381,10 @@ class ARSM_ELBO(ELBO):
             elbo, surrogate_elbo = _costs.tracegraph_terms(particle)
         num_evaluations = 0
         for name in particle.noise:
-            grad, logits, n = self._site_grad(particle, name, args, kwargs)
-            surrogate_elbo = surrogate_elbo + (grad.detach() * logits).sum()
+            grad, logits, n, model_terms = self._site_grad(particle, name, args, kwargs)
+            # (model_terms: with model_grads="all", the model-parameter gradient averaged over
+            # the site's evaluations less the real pass's share: zero otherwise)
+            surrogate_elbo = surrogate_elbo + (grad.detach() * logits).sum() + model_terms
             num_evaluations += n
         return elbo, surrogate_elbo, num_evaluations
 
@@ -390,19 +414,41 @@ class ARSM_ELBO(ELBO):
             estimator = "arsm"
         if estimator == "ar":  # the real pass is all AR needs
             return est.estimator_gradient("ar", kind, real_cost.unsqueeze(0), None, noise.noise,
-                                          noise.logits), logits, 0
+                                          noise.logits), logits, 0, 0.0
+        model_grads = self.model_grads == "all" and not enumerated and \
+            not particle.guide_enumerated
         pseudo = _pseudo._PseudoPass(particle, spec, kind, cost_shape, downstream, args, kwargs,
-                                     check_finite=self._pseudo_checks_finite())
+                                     check_finite=self._pseudo_checks_finite(),
+                                     model_grads=model_grads)
         if separable and (estimator == "local" or (estimator == "arsm" and kind != "bernoulli")):
             # C evaluations give every element's cost at every category
             columns, n = _pseudo.column_costs(self, pseudo, real_cost)
             if estimator == "local":
                 local = est.bernoulli_local_grad if kind == "bernoulli" else est.local_grad
-                return local(columns, noise.logits), logits, n
-            return est.arsm_grad_from_columns(columns, noise.noise, noise.logits), logits, n
+                pseudo.rows_taken(actions=_true_action(kind, noise).unsqueeze(0),
+                                  weights=_local_weights(kind, noise.logits))
+                return local(columns, noise.logits), logits, n, pseudo.correction
+            pseudo.rows_taken(actions=est.estimator_actions(
+                "arsm", kind, noise.noise, noise.logits)[0])
+            return est.arsm_grad_from_columns(columns, noise.noise, noise.logits), logits, n, \
+                pseudo.correction
         actions, reference = est.estimator_actions(
             estimator, kind, noise.noise, noise.logits, num_samples=num_samples)
         table, n = _pseudo.action_costs(self, pseudo, actions, real_cost, separable)
         return est.estimator_gradient(estimator, kind, table, actions, noise.noise, noise.logits,
-                                      reference), logits, n
+                                      reference), logits, n, pseudo.correction
 
+
+def _true_action(kind, noise):
+    if kind == "bernoulli":
+        return est.bernoulli_pair(noise.noise, noise.logits)[0]
+    return est.categorical_from_log_pi(noise.noise, noise.logits)
+
+
+def _local_weights(kind, logits):
+    """``q`` per element and category, ``[C, *elements]``: the weights of the exact local
+    expectation over a separable site's columns."""
+    if kind == "bernoulli":
+        p = torch.sigmoid(logits)
+        return torch.stack([1.0 - p, p])
+    return logits.softmax(-1).movedim(-1, 0)
