@@ -51,7 +51,9 @@ def compare_estimators(model: Callable, guide: Callable, *args,
     :param max_plate_nesting: passed to every ELBO.
     :param dict elbo_kwargs: extra arguments for :class:`~pyro_arsm.ARSM_ELBO`.
     :returns: a list of dicts, one per estimator: ``estimator``, ``variance`` (trace of the
-        covariance of the gradient), ``seconds`` (median seconds per estimate),
+        covariance of the gradient), ``guide_variance`` and ``model_variance`` (the same for the
+        guide's parameters, e.g. an encoder, and for the model's others, e.g. a decoder),
+        ``seconds`` (median seconds per estimate),
         ``variance_x_seconds`` (lower is better: variance reached per second of compute),
         ``evaluations`` (model evaluations in the last estimate: the real passes plus the
         distinct pseudo actions).
@@ -61,17 +63,24 @@ def compare_estimators(model: Callable, guide: Callable, *args,
         ARSM_ELBO(max_plate_nesting=max_plate_nesting, **elbo_kwargs).loss(
             model, guide, *args, **kwargs)
     params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+    guide_names = _guide_param_names(guide, args, kwargs)
+    in_guide = torch.tensor([name in guide_names for name in capture.trace.nodes
+                             for _ in range(capture.trace.nodes[name]["value"].numel())],
+                            dtype=torch.bool)
     saved = [p.grad for p in params]
     rows = []
     try:
         for name in estimators:
             elbo = _make_elbo(name, max_plate_nesting, elbo_kwargs)
             draws, seconds = _gradient_draws(elbo, params, num_draws, model, guide, args, kwargs)
-            variance = draws.var(0).sum().item()
+            per_coordinate = draws.var(0)
+            variance = per_coordinate.sum().item()
             median = statistics.median(seconds)
             rows.append({
                 "estimator": name,
                 "variance": variance,
+                "guide_variance": per_coordinate[in_guide].sum().item(),
+                "model_variance": per_coordinate[~in_guide].sum().item(),
                 "seconds": median,
                 "variance_x_seconds": variance * median,
                 # model evaluations per estimate: the real passes plus the pseudo passes
@@ -84,6 +93,13 @@ def compare_estimators(model: Callable, guide: Callable, *args,
     if print_table:
         print(format_table(rows))
     return rows
+
+
+def _guide_param_names(guide, args, kwargs):
+    """The names of the parameters the guide uses (the model's are the rest)."""
+    with torch.no_grad(), poutine.trace(param_only=True) as capture:
+        poutine.block(guide, hide_types=["sample"])(*args, **kwargs)
+    return set(capture.trace.nodes)
 
 
 def _gradient_draws(elbo, params, num_draws, model, guide, args, kwargs):
@@ -106,10 +122,11 @@ def _gradient_draws(elbo, params, num_draws, model, guide, args, kwargs):
 
 def format_table(rows: list) -> str:
     """A markdown table of :func:`compare_estimators`' rows."""
-    lines = ["| estimator | gradient variance | ms per estimate | variance × seconds "
-             "| model evaluations |",
-             "|---|---|---|---|---|"]
+    lines = ["| estimator | gradient variance | guide | model | ms per estimate "
+             "| variance × seconds | model evaluations |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['estimator']} | {r['variance']:.4g} | {1000 * r['seconds']:.2f} "
+        lines.append(f"| {r['estimator']} | {r['variance']:.4g} | {r['guide_variance']:.4g} "
+                     f"| {r['model_variance']:.4g} | {1000 * r['seconds']:.2f} "
                      f"| {r['variance_x_seconds']:.4g} | {r['evaluations']} |")
     return "\n".join(lines)

@@ -59,6 +59,12 @@ def test_pyro_compare_estimators_table():
     draws = gradient_draws(ARSM_ELBO(max_plate_nesting=1), plated_model, plated_guide,
                            ["phi", "locs"], 10 * NUM_DRAWS, PLATED_DATA)
     assert_variance_matches(by_name["arsm"]["variance"], draws)
+    # split into the guide's parameters (phi) and the model's (locs)
+    num_phi = pyro.param("phi").numel()
+    assert_variance_matches(by_name["arsm"]["guide_variance"], draws[:, :num_phi])
+    assert_variance_matches(by_name["arsm"]["model_variance"], draws[:, num_phi:])
+    for r in rows:
+        assert r["guide_variance"] + r["model_variance"] == pytest.approx(r["variance"])
 
 
 @pytest.mark.slow  # eager NumPyro gradients; the Pyro table test is quick
