@@ -10,6 +10,7 @@ import inspect
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.util import _validate_model, check_model_guide_match
 
 # warn once about a site that needs more evaluations per step
@@ -36,6 +37,14 @@ def pseudo_map_message(pseudo_map):
 
 def num_rloo_samples_message():
     return "ARSM_ELBO: num_rloo_samples must be at least 2"
+
+
+def analytic_kl_message(analytic_kl):
+    return f"ARSM_ELBO: analytic_kl must be True or False, got {analytic_kl!r}"
+
+
+def model_grads_message(model_grads):
+    return f"ARSM_ELBO: model_grads must be 'real' or 'all', got {model_grads!r}"
 
 
 def non_finite_logits_message(bad):
@@ -109,10 +118,15 @@ def many_evaluations_message(name, num_evaluations):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_options(estimators, estimator, pseudo_map, num_rloo_samples):
+def _check_options(estimators, estimator, pseudo_map, num_rloo_samples, analytic_kl=True,
+                   model_grads="real"):
     """The ELBO's options, checked at construction."""
     if estimator not in estimators:
         raise ValueError(estimator_message(estimators, estimator))
+    if not isinstance(analytic_kl, (bool, np.bool_)):
+        raise ValueError(analytic_kl_message(analytic_kl))
+    if model_grads not in ("real", "all"):
+        raise ValueError(model_grads_message(model_grads))
     if pseudo_map not in ("vmap", "map"):
         raise ValueError(pseudo_map_message(pseudo_map))
     if num_rloo_samples is not None and num_rloo_samples < 2:

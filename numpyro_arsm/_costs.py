@@ -14,6 +14,7 @@ from jax.lax import stop_gradient
 from numpyro.infer.elbo import MultiFrameTensor
 
 from numpyro_arsm._dependencies import _Dependencies
+from numpyro_arsm._kl import site_kl
 from numpyro_arsm._sites import elementwise_log_prob
 
 
@@ -37,7 +38,9 @@ def _site_cost(model_trace, guide_trace, spec):
     """The cost of site ``spec.name`` in one pass: model and guide log-probs that depend on it
     (scaled, masked), ``sum_to`` its plates, and, for a ``.to_event`` site, its own log-probs
     per event element (they factorize over its elements: each element is scored by its own
-    share of them and the shared rest; the other elements' shares do not depend on it).
+    share of them and the shared rest; the other elements' shares do not depend on it). The two
+    log-probs of a site in ``spec.deps.kl`` are ``-KL`` in this pass instead, and nothing in
+    the site's own cost (the KL does not depend on its value).
 
     :returns: ``[*spec.cost_shape]``.
     """
@@ -45,7 +48,14 @@ def _site_cost(model_trace, guide_trace, spec):
     per_element = len(cost_shape) > len(batch_shape)
     shared = MultiFrameTensor()
     own = 0.0
+    kl_added = set()
     for n, sign, site in spec.deps.dependent_sites(spec.name, model_trace, guide_trace):
+        if n in spec.deps.kl:  # log p - log q is -KL: none for the site itself (a constant)
+            if n != spec.name and n not in kl_added:
+                kl_added.add(n)
+                shared.add((model_trace[n]["cond_indep_stack"],
+                            -site_kl(model_trace[n], guide_trace[n])))
+            continue
         if n == spec.name and per_element:
             own = own + sign * elementwise_log_prob(site)
             continue
@@ -74,14 +84,19 @@ def _is_separable(model_trace, guide_trace, spec):
     return True
 
 
-def _elbo_value(model_trace, guide_trace):
-    """The single-sample ELBO; the guide log-prob of non-reparameterized sites is detached."""
+def _elbo_value(model_trace, guide_trace, kl=frozenset()):
+    """The single-sample ELBO; the guide log-prob of non-reparameterized sites is detached. The
+    sites in ``kl`` contribute ``-KL`` (closed form, with its pathwise gradient to guide and
+    model parameters) instead of ``log p - log q``."""
     elbo = 0.0
-    for site in model_trace.values():
+    for name, site in model_trace.items():
         if site["type"] == "sample":
+            if name in kl:
+                elbo = elbo - jnp.sum(site_kl(site, guide_trace[name]))
+                continue
             elbo = elbo + jnp.sum(site["log_prob"])
-    for site in guide_trace.values():
-        if site["type"] == "sample":
+    for name, site in guide_trace.items():
+        if site["type"] == "sample" and name not in kl:
             log_prob = jnp.sum(site["log_prob"])
             if not site["fn"].has_rsample:
                 log_prob = stop_gradient(log_prob)
@@ -103,3 +118,32 @@ def _score_function_surrogate(model_trace, guide_trace, noise, deps):
         log_q = site["fn"].log_prob(site["value"])
         surrogate = surrogate + jnp.sum(log_q * stop_gradient(cost))
     return surrogate
+
+
+def _model_part(model_trace, guide_trace, spec, per_element=False):
+    """The model's part of the cost of site ``spec.name`` in one pass, with its gradient to the
+    model's parameters (``model_grads="all"``): the log-probs of the model sites that depend on
+    it, and for a site in ``spec.deps.kl`` (other than itself) whose terms depend on it
+    ``-KL`` with the guide held constant. A scalar, or with ``per_element`` one value per
+    element of an element-separable site (``[*spec.batch_shape]``, summing to the scalar)."""
+    terms = MultiFrameTensor() if per_element else None
+    total = 0.0
+    kl_added = set()
+    for n, sign, site in spec.deps.dependent_sites(spec.name, model_trace, guide_trace):
+        if n in spec.deps.kl:
+            if n == spec.name or n in kl_added:
+                continue
+            kl_added.add(n)
+            stack = model_trace[n]["cond_indep_stack"]
+            term = -site_kl(model_trace[n], guide_trace[n], stop_guide=True)
+        elif sign > 0:
+            stack, term = site["cond_indep_stack"], site["log_prob"]
+        else:
+            continue
+        if per_element:
+            terms.add((stack, term))
+        else:
+            total = total + jnp.sum(term)
+    if per_element:
+        return jnp.broadcast_to(terms.sum_to(spec.stack), spec.batch_shape)
+    return total

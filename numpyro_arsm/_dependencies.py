@@ -14,10 +14,12 @@ from numpyro_arsm._sampler import _fresh
 
 
 class _Dependencies(NamedTuple):
-    """Site name -> the guide sites its log-prob depends on, for model and guide sites."""
+    """Site name -> the guide sites its log-prob depends on, for model and guide sites; and the
+    ARSM sites whose ``log p - log q`` is the closed-form ``-KL`` (``analytic_kl``)."""
 
     model: dict
     guide: dict
+    kl: frozenset = frozenset()
 
     def dependent_sites(self, name, model_trace, guide_trace):
         """``(site name, sign, site)`` of every sample site whose log-prob depends on guide site

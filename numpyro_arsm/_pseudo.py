@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.lax import stop_gradient
 
-from numpyro_arsm._costs import _CostSpec, _site_cost
+from numpyro_arsm._costs import _CostSpec, _model_part, _site_cost
 from numpyro_arsm._enum import enumerated_site_cost
 from numpyro_arsm._guide_enum import dice_pass_cost
 from numpyro_arsm._sampler import _Particle
@@ -28,6 +28,7 @@ class _PseudoCosts(NamedTuple):
     costs: jax.Array  # [U, *cost_shape]
     finite: dict  # guide site -> [U] whether its logits were finite in each pass
     num_evaluations: int  # U, static
+    model_parts: Optional[jax.Array] = None  # [U] or [U, *batch_shape] (model_part), or None
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class _PseudoPass:
     pseudo_map: str = "vmap"  # "vmap" or "map" (lax.map)
     batch_size: Optional[int] = None  # lax.map's chunk size
     enumerated: str = ""  # "model" / "guide": the model's / every marked site summed out
+    # model_grads="all": also the model's part of the cost, with its gradient to the model's
+    # parameters ("total": a scalar per pass, "element": per element), the particle's guide
+    # parameters then under stop_gradient; "": not (today's passes)
+    model_part: str = ""
 
     def cost_of(self, model_trace, guide_trace):
         """The site's cost (no gradient) in the pass of these traces: ``[*cost_shape]``."""
@@ -53,12 +58,18 @@ class _PseudoPass:
         value = jnp.asarray(action.reshape(self.value_shape)).astype(jnp.int32)
         model_trace, guide_trace, sampler = self.run(
             *self.particle, substitutions={self.spec.name: value})
-        return self.cost_of(model_trace, guide_trace), sampler.finite
+        cost = self.cost_of(model_trace, guide_trace)
+        if not self.model_part:
+            return cost, sampler.finite
+        part = _model_part(model_trace, guide_trace, self.spec,
+                           per_element=self.model_part == "element")
+        return cost, sampler.finite, part
 
     def costs(self, actions):
-        """The costs at actions ``[U, *elements]``, with the passes' flags and count."""
+        """The costs at actions ``[U, *elements]``, with the passes' flags and count (and the
+        model's parts of the costs, with ``model_part``)."""
         if self.pseudo_map == "map":
-            costs, finite = jax.lax.map(self._evaluate, actions, batch_size=self.batch_size)
+            out = jax.lax.map(self._evaluate, actions, batch_size=self.batch_size)
         else:
-            costs, finite = jax.vmap(self._evaluate)(actions)
-        return _PseudoCosts(costs, finite, actions.shape[0])
+            out = jax.vmap(self._evaluate)(actions)
+        return _PseudoCosts(out[0], out[1], actions.shape[0], *out[2:])

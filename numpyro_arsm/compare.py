@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
+from numpyro.handlers import seed, substitute, trace
 from numpyro.infer import TraceGraph_ELBO
 
 from numpyro_arsm.elbo import ARSM_ELBO
@@ -46,12 +47,18 @@ def compare_estimators(model: Callable, guide: Callable, params: dict, *args,
     :param estimators: names among ``"arsm"``, ``"ars"``, ``"ar"``, ``"local"``, ``"rloo"``,
         ``"rloo:n"`` and
         ``"tracegraph"`` (NumPyro's TraceGraph_ELBO).
+    :param dict elbo_kwargs: extra arguments for every :class:`~numpyro_arsm.ARSM_ELBO` (e.g.
+        ``analytic_kl``, ``model_grads``).
     :returns: a list of dicts: ``estimator``, ``variance`` (trace of the covariance of the
-        gradient w.r.t. ``params``), ``seconds``, ``variance_x_seconds``, ``evaluations`` (model
-        evaluations per estimate), ``compile_seconds``.
+        gradient w.r.t. ``params``), ``guide_variance`` and ``model_variance`` (the same for the
+        parameters the guide uses, e.g. an encoder, and for the others, the model's, e.g. a
+        decoder), ``seconds``, ``variance_x_seconds``, ``evaluations`` (model evaluations per
+        estimate), ``compile_seconds``.
     """
     elbo_kwargs = elbo_kwargs or {}
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    guide_names = _guide_param_names(guide, params, rng_key, args, kwargs)
+    in_guide = None
     rows = []
     for name in estimators:
         elbo = _make_elbo(name, elbo_kwargs)
@@ -67,11 +74,16 @@ def compare_estimators(model: Callable, guide: Callable, params: dict, *args,
             g = jax.block_until_ready(grad(params, key))
             seconds.append(time.perf_counter() - start)
             draws.append(np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)]))
-        variance = float(np.var(np.stack(draws), axis=0, ddof=1).sum())
+        if in_guide is None:  # which coordinates are the guide's, in the gradient's layout
+            in_guide = _in_guide(g, guide_names)
+        per_coordinate = np.var(np.stack(draws), axis=0, ddof=1)
+        variance = float(per_coordinate.sum())
         median = statistics.median(seconds)
         rows.append({
             "estimator": name,
             "variance": variance,
+            "guide_variance": float(per_coordinate[in_guide].sum()),
+            "model_variance": float(per_coordinate[~in_guide].sum()),
             "seconds": median,
             "variance_x_seconds": variance * median,
             # the real passes and the pseudo passes, counted by the ELBO when the loss was
@@ -85,13 +97,29 @@ def compare_estimators(model: Callable, guide: Callable, params: dict, *args,
     return rows
 
 
+def _guide_param_names(guide, params, rng_key, args, kwargs):
+    """The names of the parameters the guide uses (the model's are the rest), from one traced
+    run of the guide at ``params``."""
+    guide_trace = trace(seed(substitute(guide, data=params), rng_key)).get_trace(*args, **kwargs)
+    return {n for n, s in guide_trace.items() if s["type"] == "param"}
+
+
+def _in_guide(grads, guide_names):
+    """A boolean mask over the flattened gradient (``tree_leaves`` order): the coordinates of
+    the parameters in ``guide_names`` (the top-level keys of ``grads``)."""
+    mask = [np.full(np.size(leaf), bool(path) and getattr(path[0], "key", None) in guide_names)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]]
+    return np.concatenate(mask) if mask else np.zeros(0, dtype=bool)
+
+
 def format_table(rows: list) -> str:
     """A markdown table of :func:`compare_estimators`' rows."""
-    lines = ["| estimator | gradient variance | ms per estimate | variance × seconds "
-             "| model evaluations | compile s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| estimator | gradient variance | guide | model | ms per estimate "
+             "| variance × seconds | model evaluations | compile s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['estimator']} | {r['variance']:.4g} | {1000 * r['seconds']:.2f} "
+        lines.append(f"| {r['estimator']} | {r['variance']:.4g} | {r['guide_variance']:.4g} "
+                     f"| {r['model_variance']:.4g} | {1000 * r['seconds']:.2f} "
                      f"| {r['variance_x_seconds']:.4g} | {r['evaluations']} "
                      f"| {r['compile_seconds']:.2f} |")
     return "\n".join(lines)

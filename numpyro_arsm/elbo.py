@@ -34,8 +34,15 @@ from numpyro_arsm._checks import (
     many_evaluations_message,
     not_separable_message,
 )
-from numpyro_arsm._costs import _cost_spec, _elbo_value, _is_separable, _score_function_surrogate
+from numpyro_arsm._costs import (
+    _cost_spec,
+    _elbo_value,
+    _is_separable,
+    _model_part,
+    _score_function_surrogate,
+)
 from numpyro_arsm._dependencies import _Dependencies, _dependencies
+from numpyro_arsm._kl import analytic_kl_sites
 from numpyro_arsm._pseudo import _PseudoCosts, _PseudoPass
 from numpyro_arsm._sampler import _ARSMSampler, _fresh, _Particle, _SiteNoise
 from numpyro_arsm._sites import arsm_kind, element_shape_of, site_logits
@@ -53,6 +60,13 @@ class _RealPass(NamedTuple):
     deps: _Dependencies
     run: Callable  # the runner of its passes (ARSM_ELBO._run, enumerating where it must)
     enumerated: str  # "" (none), "model" (the model sums marked sites out) or "guide" (both)
+    # model_grads="all" (and no enumeration): the particle with its guide-only parameters under
+    # stop_gradient, for the pseudo passes; else None
+    model_particle: Optional[_Particle] = None
+    # whether a guide value of the real pass may carry a gradient (a continuous site): then the
+    # model's part of the true action's cost is re-evaluated (guide held constant) with the
+    # pseudo passes, not read off the real pass
+    values_differentiable: bool = False
 
 
 class _Site(NamedTuple):
@@ -74,6 +88,9 @@ class _SiteGrad(NamedTuple):
     logits: jax.Array  # the site's differentiable logits, [*elements, C] or [*elements]
     finite: dict  # finiteness flags of its pseudo passes, per guide site
     num_evaluations: int  # its pseudo actions evaluated (static)
+    # model_grads="all": mean over the estimator's actions of the model's part of the cost,
+    # minus the true action's (a scalar, its gradient to the model's parameters only)
+    model_term: Union[float, jax.Array] = 0.0
 
 
 class _ParticleResult(NamedTuple):
@@ -84,6 +101,23 @@ class _ParticleResult(NamedTuple):
     finite: dict  # finiteness flags per guide site, real and pseudo passes
     mutable: dict  # numpyro.mutable values after the real pass
     num_pseudo_evaluations: int  # static
+
+
+def _model_grad_particle(particle, model_trace, guide_trace):
+    """For model_grads="all": the particle with its guide-only parameters (params of the guide
+    that the model does not read) under ``stop_gradient``, so that a pass's model log-probs
+    carry the gradient to the model's parameters only; and whether a guide value of the real
+    pass may carry a gradient (a continuous sample site)."""
+    model_params = {n for n, s in model_trace.items() if s["type"] == "param"}
+    guide_only = {n for n, s in guide_trace.items()
+                  if s["type"] == "param" and n not in model_params}
+    param_map = {k: jax.tree.map(stop_gradient, v) if k in guide_only else v
+                 for k, v in particle.param_map.items()}
+    values_differentiable = any(
+        s["type"] == "sample" and not s.get("is_observed", False)
+        and jnp.issubdtype(jnp.result_type(s["value"]), jnp.inexact)
+        for s in guide_trace.values())
+    return particle._replace(param_map=param_map), values_differentiable
 
 
 class ARSM_ELBO(ELBO):
@@ -134,6 +168,33 @@ class ARSM_ELBO(ELBO):
         every element at category ``k``, and ARSM reads every swap's cost off that table.
     :param int num_rloo_samples: samples per site for ``"rloo"`` (default: the ARSM budget,
         ``C(C-1)/2 + 1`` for a categorical site, 2 for a Bernoulli site).
+    :param bool analytic_kl: ``True`` (default): for an ARSM site whose model site has a
+        closed-form ``KL(q || p)`` (a categorical or Bernoulli prior against the guide's,
+        ``.to_event`` / ``.expand`` / ``.mask`` wrappers allowed, computed here since NumPyro
+        0.22 registers none for logits; any other pair through a registered
+        ``numpyro.distributions.kl.kl_divergence``), the site's ``log p(z) - log q(z)`` is
+        replaced by ``-KL`` (scaled and masked as the log-probs), as ``TraceMeanField_ELBO``
+        does: in the ELBO, with its pathwise gradient to the guide's and the prior's
+        parameters, so the loss is still a ``-ELBO`` estimate; not at all in the site's own
+        cost (the KL does not depend on its value); and in the cost of every other site that
+        holds those terms (one the site's guide or prior depends on), as the KL computed in
+        that pass (at a pseudo action, at the pseudo value). A site keeps its sampled terms
+        when there is no closed form, when model and guide scale or mask it differently (as
+        far as trace time can tell), when a guide site downstream of it (whose value depends on
+        it) is sampled before it in the model (its prior could then depend on its own value),
+        or in a program with enumerated sites. ``False``: the sampled terms everywhere.
+    :param str model_grads: ``"real"`` (default): the model's parameters get the gradient of
+        the real pass. ``"all"``: each ARSM site's model part of the cost (the log-probs of the
+        model sites that depend on it, with ``-KL`` for the closed-form sites) is averaged
+        over every action the estimator evaluates (ARSM / ARS swaps, RLOO samples, DisARM's
+        antithetic pair; ``"local"``: the exact expectation, each element weighted by its
+        ``q``), each distributed as the real one: the surrogate gets ``mean_r(c_r) - c_0``,
+        whose gradient (to the model's parameters only: the guide's parameters are held
+        constant in it) has mean zero, so the gradient stays unbiased and the guide's
+        gradient is unchanged. A parameter read by both model and guide counts as the
+        model's. When the real pass has continuous guide sites, the true action is evaluated
+        once more with the pseudo actions (the guide held constant). No effect on
+        score-function sites or in programs with enumerated sites.
     :param str pseudo_map: ``"vmap"`` (default) or ``"map"`` (``lax.map``, less memory).
     :param int pseudo_batch_size: chunk size for ``pseudo_map="map"``.
     :param bool check_finite: raise (also under jit) when a site's logits are NaN or infinite,
@@ -187,13 +248,17 @@ class ARSM_ELBO(ELBO):
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
                  vectorize_particles: Union[bool, Callable] = True,
                  estimator: str = "arsm", num_rloo_samples: Optional[int] = None,
+                 analytic_kl: bool = True, model_grads: str = "real",
                  pseudo_map: str = "vmap", pseudo_batch_size: Optional[int] = None,
                  check_finite: bool = True, warn_score_function: bool = True) -> None:
-        _check_options(est.ESTIMATORS, estimator, pseudo_map, num_rloo_samples)
+        _check_options(est.ESTIMATORS, estimator, pseudo_map, num_rloo_samples, analytic_kl,
+                       model_grads)
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         self.max_plate_nesting = max_plate_nesting
         self.estimator = estimator
         self.num_rloo_samples = num_rloo_samples
+        self.analytic_kl = bool(analytic_kl)
+        self.model_grads = model_grads
         self.pseudo_map = pseudo_map
         self.pseudo_batch_size = pseudo_batch_size
         self.check_finite = check_finite
@@ -307,7 +372,16 @@ class ARSM_ELBO(ELBO):
             run = partial(self._run, plate_nesting=self._plate_nesting(model_trace, guide_trace))
             model_trace, guide_trace, sampler = run(*particle)
             mode = "model"
-        real = _RealPass(model_trace, guide_trace, sampler.noise, deps, run, mode)
+        model_particle, values_differentiable = None, False
+        if not mode:
+            if self.analytic_kl:
+                deps = deps._replace(kl=analytic_kl_sites(model_trace, guide_trace,
+                                                          sampler.noise, deps))
+            if self.model_grads == "all":
+                model_particle, values_differentiable = _model_grad_particle(
+                    particle, model_trace, guide_trace)
+        real = _RealPass(model_trace, guide_trace, sampler.noise, deps, run, mode,
+                         model_particle, values_differentiable)
 
         if mode == "guide":
             elbo = _guide_enum.dice_elbo(model_trace, guide_trace, deps, real.noise)
@@ -316,13 +390,14 @@ class ARSM_ELBO(ELBO):
             elbo = _enum.enumerated_elbo(model_trace, guide_trace, real.noise)
             surrogate = 0.0
         else:
-            elbo = _elbo_value(model_trace, guide_trace)
+            elbo = _elbo_value(model_trace, guide_trace, deps.kl)
             surrogate = _score_function_surrogate(model_trace, guide_trace, real.noise,
                                                   real.deps)
         flags, num_pseudo_evaluations = [sampler.finite], 0
         for i, name in enumerate(real.noise):
             site_grad = self._site_grad(particle, real, name, random.fold_in(reference_key, i))
-            surrogate = surrogate + jnp.sum(stop_gradient(site_grad.grad) * site_grad.logits)
+            surrogate = (surrogate + jnp.sum(stop_gradient(site_grad.grad) * site_grad.logits)
+                         + site_grad.model_term)
             flags.append(site_grad.finite)
             num_pseudo_evaluations += site_grad.num_evaluations
         mutable = {n: s["value"] for tr in (guide_trace, model_trace) for n, s in tr.items()
@@ -340,10 +415,6 @@ class ARSM_ELBO(ELBO):
         element_shape = element_shape_of(kind, fn)
         logits = site_logits(kind, base, element_shape)
         spec = _cost_spec(name, real.guide_trace[name], element_shape, real.deps)
-        pseudo = _PseudoPass(real.run, particle, spec,
-                             spec.batch_shape + tuple(fn.event_shape), self.pseudo_map,
-                             self.pseudo_batch_size, real.enumerated)
-        real_cost = pseudo.cost_of(real.model_trace, real.guide_trace)
         estimator, num_samples = site_estimator(name, real.guide_trace[name]["infer"],
                                                 self.estimator, self.num_rloo_samples)
         separable = real.enumerated != "guide" and _is_separable(
@@ -353,40 +424,82 @@ class ARSM_ELBO(ELBO):
         if estimator == "local" and not separable:
             self._warn_once(("local", name), not_separable_message(name), stacklevel=6)
             estimator = "arsm"
+        columns = separable and (estimator == "local"
+                                 or (estimator == "arsm" and kind == "categorical"))
+        model_part, pass_particle = "", particle
+        if real.model_particle is not None:  # model_grads="all"
+            model_part, pass_particle = ("element" if columns else "total"), real.model_particle
+        pseudo = _PseudoPass(real.run, pass_particle, spec,
+                             spec.batch_shape + tuple(fn.event_shape), self.pseudo_map,
+                             self.pseudo_batch_size, real.enumerated, model_part)
+        real_cost = pseudo.cost_of(real.model_trace, real.guide_trace)
         site = _Site(name, kind, estimator, num_samples, real.noise[name], element_shape, pseudo)
-        if separable and (estimator == "local" or (estimator == "arsm" and kind == "categorical")):
-            grad, evaluated = self._column_grad(site)
+        if columns:
+            grad, evaluated, model_term = self._column_grad(site)
         else:
-            grad, evaluated = self._action_grad(site, real_cost, reference_key)
+            real_part = None
+            if model_part and not real.values_differentiable:
+                real_part = _model_part(real.model_trace, real.guide_trace, spec)
+            grad, evaluated, model_term = self._action_grad(site, real_cost, reference_key,
+                                                            real_part)
         if evaluated is None:  # the real pass was all the estimator needed
-            return _SiteGrad(grad, logits, _merge_flags(), 0)
-        return _SiteGrad(grad, logits, _merge_flags(evaluated.finite), evaluated.num_evaluations)
+            return _SiteGrad(grad, logits, _merge_flags(), 0, model_term)
+        return _SiteGrad(grad, logits, _merge_flags(evaluated.finite), evaluated.num_evaluations,
+                         model_term)
 
     def _column_grad(self, site):
-        """``(gradient, _PseudoCosts)`` of an element-separable site from its ``C`` columns (the
-        ``k``-th with every element at category ``k``): every element's cost at every
-        category."""
+        """``(gradient, _PseudoCosts, model term)`` of an element-separable site from its ``C``
+        columns (the ``k``-th with every element at category ``k``): every element's cost at
+        every category."""
         C = 2 if site.kind == "bernoulli" else site.noise.noise.shape[-1]
         evaluated = self._pseudo_costs(site, est.column_actions(C, site.element_shape))
+        noise, logits = site.noise.noise, site.noise.logits
         if site.estimator == "local":
             local = est.bernoulli_local_grad if site.kind == "bernoulli" else est.local_grad
-            return local(evaluated.costs, site.noise.logits), evaluated
-        return est.arsm_grad_from_columns(evaluated.costs, site.noise.noise,
-                                          site.noise.logits), evaluated
+            grad = local(evaluated.costs, logits)
+        else:
+            grad = est.arsm_grad_from_columns(evaluated.costs, noise, logits)
+        model_term = 0.0
+        if evaluated.model_parts is not None:  # model_grads="all": the rows off the table
+            table = evaluated.model_parts  # [C, *elements], with the model's gradient
+            if site.kind == "bernoulli":
+                true_action = est.bernoulli_pair(noise, logits)[0].astype(jnp.int32)
+                q = jax.nn.sigmoid(logits)
+                q = jnp.stack([1.0 - q, q], -1)
+            else:
+                true_action = est.categorical_from_log_pi(noise, logits).astype(jnp.int32)
+                q = jax.nn.softmax(logits, -1)
+            real_part = jnp.sum(est.costs_from_columns(table, true_action[None]))
+            if site.estimator == "local":  # the exact expectation over each element
+                mean_part = jnp.sum(q * jnp.moveaxis(table, 0, -1))
+            else:  # the mean over the swap rows
+                mean_part = jnp.sum(est.costs_from_columns(
+                    table, est.pseudo_actions(noise, logits))) / est.num_swap_rows(C)
+            model_term = mean_part - real_part
+        return grad, evaluated, model_term
 
-    def _action_grad(self, site, real_cost, reference_key):
-        """``(gradient, _PseudoCosts or None)`` from the actions of ``estimator_actions`` (the
-        true action's cost, row 0, is the real pass's)."""
+    def _action_grad(self, site, real_cost, reference_key, real_part=None):
+        """``(gradient, _PseudoCosts or None, model term)`` from the actions of
+        ``estimator_actions`` (the true action's cost, row 0, is the real pass's; with
+        model_grads="all", its model part too, ``real_part``, unless that is ``None``: then
+        row 0 is evaluated with the others)."""
         actions, reference = est.estimator_actions(
             reference_key, site.estimator, site.kind, site.noise.noise, site.noise.logits,
             num_samples=site.num_samples)
-        costs, evaluated = real_cost[None], None
+        costs, evaluated, model_term = real_cost[None], None, 0.0
         if actions.shape[0] > 1:
-            evaluated = self._pseudo_costs(site, actions[1:])
-            costs = jnp.concatenate([costs, evaluated.costs])
+            with_real_row = bool(site.pseudo.model_part) and real_part is None
+            evaluated = self._pseudo_costs(site, actions if with_real_row else actions[1:])
+            pseudo_costs = evaluated.costs[1:] if with_real_row else evaluated.costs
+            costs = jnp.concatenate([costs, pseudo_costs])
+            if evaluated.model_parts is not None:  # model_grads="all"
+                parts = evaluated.model_parts
+                if not with_real_row:
+                    parts = jnp.concatenate([jnp.reshape(real_part, (1,)), parts])
+                model_term = jnp.mean(parts) - parts[0]
         grad = est.estimator_gradient(site.estimator, site.kind, costs, actions, site.noise.noise,
                                       site.noise.logits, reference)
-        return grad, evaluated
+        return grad, evaluated, model_term
 
     def _pseudo_costs(self, site, actions) -> _PseudoCosts:
         """The site's pseudo passes at ``actions``, with one warning (per site) when they are
