@@ -87,9 +87,31 @@ class ARSM_ELBO(ELBO):
     holds every contracted component that depends on it, whole (a global enumerated site over a
     plate of sampled sites is a cost shared by all their elements). Guide sites marked for
     enumeration (``config_enumerate``) are summed out with their guide probabilities too (a
-    sampled site whose logits depend on one keeps it sampled, with one warning).
+    sampled site whose logits depend on an enumerated one gets one estimate per enumerated
+    value).
 
-    The reported loss is the usual single-sample ``-ELBO`` (averaged over particles).
+    **Closed-form KL** (``analytic_kl=True``, the default), as in
+    :class:`~pyro.infer.TraceMeanField_ELBO`: for an ARSM site whose model distribution has a
+    registered :func:`~torch.distributions.kl.kl_divergence` with its guide distribution (e.g.
+    categorical against categorical, Bernoulli against Bernoulli, ``.to_event`` alike), scaled
+    and masked alike, the site's own ``E_q[log q(z) - log p(z)]`` is ``KL(q || p)``, with its
+    pathwise gradient to the guide's logits and the prior's parameters; it leaves the site's
+    sampled cost (where it only added variance), and in the cost of every other site that it
+    depends on (a prior or guide whose parameters depend on an upstream sampled site) it is
+    ``-KL`` computed in that pass. Where the prior's parameters could depend on the site itself
+    through another guide site (a guide site downstream of it is sampled before it in the model),
+    under enumeration, or where no closed form is registered, the sampled term stays.
+
+    **Model-parameter gradients** (``model_grads``): by default the model's parameters (e.g. a
+    decoder) get the pathwise gradient of the real sample. ``model_grads="all"`` averages it over
+    every action the estimator evaluates (each ARSM or ARS swap action, each RLOO sample,
+    DisARM's antithetic draw is itself a draw from ``q``; a separable site's rows are read off its
+    columns, and ``estimator="local"`` weights its columns by ``q``), with the guide's values
+    detached, so the guide's gradient is unchanged. The pseudo passes then keep their graph (one
+    more evaluation per site, for the true action, and a backward pass through all of them).
+
+    The reported loss is a single-sample ``-ELBO`` estimate (averaged over particles), with the
+    closed-form KL terms where ``analytic_kl`` applies.
 
     :param int num_particles: number of particles (independent estimates averaged).
     :param int max_plate_nesting: bound on the number of nested :class:`~pyro.plate` contexts
@@ -105,6 +127,12 @@ class ARSM_ELBO(ELBO):
         for ``"arsm"``/``"ars"``, AR for ``"ar"``, RLOO for ``"rloo"``.
     :param int num_rloo_samples: samples per site for ``estimator="rloo"`` (default: the ARSM
         budget, ``C(C-1)/2 + 1`` for a categorical site, 2 for a Bernoulli site).
+    :param bool analytic_kl: take each ARSM site's own KL term in closed form where it can be
+        (see above); ``False`` samples it, as :class:`~pyro.infer.TraceGraph_ELBO` does.
+    :param str model_grads: ``"real"`` (default): the model parameters' gradient from the real
+        sample; ``"all"``: averaged over every evaluated action (lower variance for them, at the
+        cost of backpropagating through the pseudo passes). Model-side or guide-side
+        enumeration keeps ``"real"``.
     :param vectorize_pseudo: ``"auto"`` (default): one batched pass per site where the check
         on the first step of a model structure finds it right, else one pass per pseudo action
         (with a warning); ``True``: batched, and raise where the check fails; ``False``: one pass
