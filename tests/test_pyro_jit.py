@@ -178,3 +178,14 @@ def test_nan_logits_are_reported_after_the_compiled_step():
         pyro.param("phi").unconstrained()[1, 2] = float("nan")
     with pytest.raises(ValueError, match="guide site 'z' has NaN or infinite logits"):
         svi.step(PLATED_DATA)
+
+
+@pytest.mark.parametrize("estimator", ["arsm", "rloo"])
+def test_unbiased_with_model_grads_from_every_evaluation(estimator):
+    # the closed-form KL (the default) and the model gradient averaged over the pseudo rows
+    init(to_event_model, to_event_guide, torch.tensor(0.4))
+    names = ["phi", "scale"]
+    exact = brute_force_gradient(to_event_model, to_event_guide, names, torch.tensor(0.4))
+    draws = jit_draws(to_event_model, to_event_guide, names, (torch.tensor(0.4),), 0,
+                      estimator=estimator, model_grads="all")
+    assert_unbiased(draws, exact, label=f"jit, model_grads all, {estimator}")
