@@ -3,8 +3,10 @@ and the surrogate loss use.
 
 :func:`_site_cost` is the one function that turns a pass's traces into a site's cost (the real
 pass, every pseudo pass and the score-function fallback go through it); :class:`_CostSpec` says
-which terms make it up. Also here: whether a site's cost is element-separable, the ELBO value,
-and the score-function surrogate of the sites that are neither categorical nor Bernoulli.
+which terms make it up (the closed-form ``-KL`` of ``analytic_kl`` sites in place of their
+log-probs). Also here: whether a site's cost is element-separable, the ELBO value, the
+score-function surrogate of the sites that are neither categorical nor Bernoulli, and the
+model's part of a cost (``model_grads="all"``).
 """
 
 from typing import NamedTuple

@@ -6,8 +6,8 @@ every pseudo pass), the site checks, the dependencies, and per ARSM site the rea
 estimator's actions, their costs and the gradient, put on the logits by the surrogate loss. The
 pieces live in the other modules, in the order the data flows through them: ``_sampler``
 (noise and sampling), ``_checks`` (errors, warnings and their texts), ``_dependencies``
-(provenance), ``_costs`` (cost assembly), ``_pseudo`` (pseudo passes); the estimator arithmetic
-is in :mod:`numpyro_arsm.estimators`.
+(provenance), ``_kl`` (the closed-form KL of ``analytic_kl``), ``_costs`` (cost assembly),
+``_pseudo`` (pseudo passes); the estimator arithmetic is in :mod:`numpyro_arsm.estimators`.
 """
 
 import warnings
