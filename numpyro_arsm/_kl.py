@@ -190,8 +190,8 @@ def analytic_kl_sites(model_trace, guide_trace, arsm_sites, deps):
                 before.append(n)
         if down & set(before):
             continue
-        try:
-            site_kl(model_site, guide_site)
+        try:  # (traced only: whether there is a closed form, at no cost outside jit)
+            jax.eval_shape(lambda m=model_site, g=guide_site: site_kl(m, g))
         except NotImplementedError:
             continue
         eligible.append(name)
