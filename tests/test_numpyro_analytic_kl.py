@@ -209,7 +209,7 @@ def test_learned_prior(estimator):
            label=f"analytic KL, learned prior, {estimator}")
 
 
-@pytest.mark.parametrize("estimator", _param("arsm", "ars", "rloo", "ar"))
+@pytest.mark.parametrize("estimator", _param("arsm", "ars", "rloo", "ar", "local"))
 def test_prior_depends_on_upstream_site(estimator):
     _check(upstream_model, upstream_guide, UPSTREAM, ["pz", "psi", "phi", "locs"],
            (jnp.array(0.8),), draws=120 if estimator == "ar" else 40, estimator=estimator,
@@ -229,11 +229,55 @@ def test_bernoulli(estimator):
            label=f"analytic KL, Bernoulli, {estimator}")
 
 
-@pytest.mark.parametrize("estimator", _param("arsm", "rloo"))
+@pytest.mark.parametrize("estimator", _param("arsm", "rloo", "ars", "local"))
 def test_two_layer_pattern_keeps_the_sampled_term(estimator):
     _check(two_layer_model, two_layer_guide, TWO, ["pw", "phi1", "phi2", "locs"],
            (jnp.array(1.1),), estimator=estimator,
            label=f"analytic KL, two-layer pattern, {estimator}")
+
+
+# a score-function site upstream: n ~ Binomial(2) (neither categorical nor Bernoulli), z's prior
+# and guide depend on it; n's score-function cost holds -KL(q(z | n) || p(z | n))
+SCORE = {"rho": jnp.array(0.3), "pz": jnp.array([[0.8, -0.4, 0.0], [0.0, 0.6, -0.6],
+                                                 [-0.8, 0.0, 0.4]]),
+         "phi": jnp.array([[0.5, 0.0, -0.5], [-0.2, 0.6, 0.1], [0.0, -0.7, 0.4]]),
+         "locs": jnp.array([-1.0, 0.5, 2.0])}
+
+
+def score_model(x):
+    pz, locs = numpyro.param("pz", SCORE["pz"]), numpyro.param("locs", SCORE["locs"])
+    n = numpyro.sample("n", dist.Binomial(2, probs=0.5))
+    z = numpyro.sample("z", dist.Categorical(logits=pz[n]))
+    numpyro.sample("x", dist.Normal(locs[z] + 0.5 * n, 1.0), obs=x)
+
+
+def score_guide(x):
+    rho, phi = numpyro.param("rho", SCORE["rho"]), numpyro.param("phi", SCORE["phi"])
+    n = numpyro.sample("n", dist.Binomial(2, logits=rho))
+    numpyro.sample("z", dist.Categorical(logits=phi[n]))
+
+
+def _score_exact(params, x):
+    """The exact gradient of -ELBO for ``score_model``: every (n, z), weighted by q."""
+    def loss(p):
+        log_qn = dist.Binomial(2, logits=p["rho"]).log_prob(jnp.arange(3))
+        log_qz = jax.nn.log_softmax(p["phi"], -1)  # [n, z]
+        log_pn = dist.Binomial(2, probs=0.5).log_prob(jnp.arange(3))
+        log_pz = jax.nn.log_softmax(p["pz"], -1)
+        log_px = dist.Normal(p["locs"][None, :] + 0.5 * jnp.arange(3)[:, None], 1.0).log_prob(x)
+        elbo = log_pn[:, None] + log_pz + log_px - log_qn[:, None] - log_qz
+        return -(jnp.exp(log_qn[:, None] + log_qz) * elbo).sum()
+
+    grad = jax.grad(loss)(params)
+    return jnp.concatenate([jnp.ravel(grad[n]) for n in ("rho", "pz", "phi", "locs")])
+
+
+@pytest.mark.parametrize("estimator", _param("arsm", "rloo"))
+def test_score_function_site_upstream(estimator):
+    x = jnp.array(0.6)
+    _check(score_model, score_guide, SCORE, ["rho", "pz", "phi", "locs"], (x,), draws=60,
+           exact=_score_exact(SCORE, x), estimator=estimator, warn_score_function=False,
+           label=f"analytic KL, score-function site upstream, {estimator}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +307,7 @@ def test_eligible_sites():
     assert _eligible(upstream_model, upstream_guide, UPSTREAM, jnp.array(0.8)) == {"u", "z"}
     assert _eligible(event_model, event_guide, EVENT, EVENT_DATA) == {"z"}
     assert _eligible(bernoulli_model, bernoulli_guide, BERN, BERN_DATA) == {"b"}
+    assert _eligible(score_model, score_guide, SCORE, jnp.array(0.6)) == {"z"}
 
 
 def _kl_model(x, scale=1.5, guide_scale=1.5, mask=True):
