@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import pyro
 import torch
 from _examples import vae_data, vae_models
@@ -56,8 +55,7 @@ OPTIONS = ((False, "real"), (False, "all"), (True, "real"), (True, "all"))
 
 
 def minibatches(dataset, batch, count, seed=0):
-    """``count`` minibatches ``[batch, D]`` of the training split, binarized, and the file the
-    peer reads them from is written by :func:`save_batches`."""
+    """``count`` minibatches ``[batch, D]`` of the training split, binarized."""
     data = torch.as_tensor(vae_data.load_dataset(dataset).train)
     if dataset == "mnist5k":  # grey levels
         data = (data > 0.5).to(torch.float32)
@@ -104,14 +102,16 @@ def variances(elbo, vae, x, draws):
             encoder.mean(0).norm().item(), decoder.mean(0).norm().item())
 
 
-def run_peer(args, batches_path):
-    """storchastic's rows, from benchmarks/storch_peer.py in ``--peer-python``."""
+def run_peer(args):
+    """storchastic's rows, from benchmarks/storch_peer.py in ``--peer-python`` (which builds the
+    same weights and minibatches: ``initial_weights(..., seed=0)``, ``torch.randperm`` with
+    generator seed 0, MNIST-5k binarized at 0.5)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "storch_peer.py")
     with tempfile.TemporaryDirectory() as out:
         command = [args.peer_python, script, "--dataset", args.dataset, "--layers",
                    str(args.layers), "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--variance-draws", str(args.variance_draws), "--threads", str(args.threads),
-                   "--batches", batches_path, "--out", out]
+                   "--out", out]
         print("peer:", " ".join(command), flush=True)
         subprocess.run(command, check=True)
         name = f"storch_peer_{args.dataset}_{args.layers}layer.json"
@@ -181,13 +181,7 @@ def main():
 
     peer, peer_command = None, None
     if args.peer_python:
-        with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as f:
-            np.save(f, torch.stack(batches).numpy())
-            batches_path = f.name
-        try:
-            peer, peer_command = run_peer(args, batches_path)
-        finally:
-            os.unlink(batches_path)
+        peer, peer_command = run_peer(args)
 
     header = (f"{datetime.date.today()}, {platform.machine()} "
               f"{platform.processor() or ''} ({os.cpu_count()} CPUs, {args.threads} torch "
