@@ -15,7 +15,10 @@ pixels; ``commit_timing.py`` does the same).
   (q(z1 | x)) and the decoder network (p(x | z1)); ``--layers 2`` also writes the q(z2 | z1) and
   p(z1 | z2) networks' to the JSON;
 * time: median ms of ``--steps`` Adam(lr 1e-3) steps after ``--warmup`` untimed ones, the methods
-  interleaved step by step so that they see the same machine load.
+  interleaved step by step so that they see the same machine load. The machine may be shared:
+  ``--wait-idle S`` waits up to S seconds for the other processes to go under 0.2 busy cores
+  before the timed steps, and the table's header says how many cores they kept busy during them
+  (from ``/proc/stat`` less this process's own CPU time) beside the load averages.
 
 Methods (``--methods``, comma-separated), all ``storch.method.ScoreFunction(..., n_samples=n,
 baseline_factory="batch_average")`` (REINFORCE with a leave-one-out baseline over n samples,
@@ -52,7 +55,8 @@ Usage, from the repository root::
 
     /work/storch-venv/bin/python benchmarks/storch_peer.py --dataset digits --layers 1
     /work/storch-venv/bin/python benchmarks/storch_peer.py --dataset mnist5k --layers 2 \\
-        --steps 20 --warmup 3 --variance-draws 30 --threads 2 --out benchmarks/results
+        --steps 20 --warmup 3 --variance-draws 30 --threads 2 --wait-idle 180 \\
+        --out benchmarks/results
 
 Prints a markdown table and writes ``storch_peer_<dataset>_<layers>layer.{json,md}`` to
 ``--out``. storchastic's unordered-set / without-replacement estimators are not run.
@@ -193,6 +197,36 @@ class StorchVAE:
         self.optim.step()
 
 
+def cpu_snapshot():
+    """``(busy jiffies of all CPUs, total jiffies, this process's CPU seconds)``."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    times = os.times()
+    return sum(fields) - idle, sum(fields), times.user + times.system
+
+
+def other_cores(before, after):
+    """CPU cores the other processes of the machine kept busy between two snapshots."""
+    busy = after[0] - before[0]
+    total = after[1] - before[1]
+    own = (after[2] - before[2]) * os.sysconf("SC_CLK_TCK")
+    return max(busy - own, 0.0) / max(total, 1) * os.cpu_count()
+
+
+def wait_for_idle(max_wait_s, threshold=0.2, sample_s=2.0):
+    """Wait (at most ``max_wait_s``) until the other processes use under ``threshold`` cores
+    over ``sample_s``; returns ``(seconds waited, their cores in the last sample)``."""
+    start = time.perf_counter()
+    while True:
+        before = cpu_snapshot()
+        time.sleep(sample_s)
+        others = other_cores(before, cpu_snapshot())
+        waited = time.perf_counter() - start
+        if others < threshold or waited >= max_wait_s:
+            return waited, others
+
+
 def load_images(name):
     images = vae_data.load_dataset(name).train
     if name == "mnist5k":
@@ -215,6 +249,9 @@ def main():
                         help="also save the draws' mean and variance per network to this .npz "
                              "(keys <method>/<network>/mean|var), for comparing with ARSM_ELBO")
     parser.add_argument("--no-timing", action="store_true", help="variance draws only")
+    parser.add_argument("--wait-idle", type=float, default=0.0,
+                        help="before the timed steps, wait up to this many seconds until the "
+                             "other processes use under 0.2 cores (the machine is shared)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -252,8 +289,11 @@ def main():
     if args.grad_out:
         np.savez(args.grad_out, **saved)
 
+    timing_note, timing = "", None
     if not args.no_timing:
+        waited, idle_others = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else (0.0, None)
         times = {m: [] for m in methods}
+        snapshot = cpu_snapshot()
         for i, x in enumerate(batches):
             for method, vae in vaes.items():
                 t0 = time.perf_counter()
@@ -263,13 +303,19 @@ def main():
         for method in methods:
             results[method]["ms_per_step_median"] = statistics.median(times[method])
             results[method]["ms_per_step_all"] = times[method]
+        others = other_cores(snapshot, cpu_snapshot())
+        timing = {"waited_for_idle_s": waited, "other_cores_before": idle_others,
+                  "other_cores_during_timing": others}
+        timing_note = (f"; during the timed steps other processes kept {others:.2f} cores busy"
+                       + (f" (waited {waited:.0f} s for an idle machine)" if args.wait_idle > 0
+                          else ""))
     load_after = os.getloadavg()
 
     command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                f"{torch.get_num_threads()} torch threads; load average (1/5/15 min) "
                f"{'/'.join(f'{v:.2f}' for v in load_before)} before, "
-               f"{'/'.join(f'{v:.2f}' for v in load_after)} after")
+               f"{'/'.join(f'{v:.2f}' for v in load_after)} after{timing_note}")
     kl = ("analytic = KL(q(z2|z1) || uniform) analytic, z1's sampled"
           if args.layers == 2 else "analytic = KL(q(z1|x) || uniform) analytic")
     lines = [
@@ -302,7 +348,7 @@ def main():
     with open(stem + ".json", "w") as f:
         json.dump({"args": vars(args), "date_utc": started.isoformat(), "machine": machine,
                    "command": command, "torch": torch.__version__,
-                   "storchastic": STORCH_VERSION, "results": results},
+                   "storchastic": STORCH_VERSION, "timing_load": timing, "results": results},
                   f, indent=1)
 
 
