@@ -134,7 +134,11 @@ def main():
     parser.add_argument("--peer-python", default=None,
                         help="interpreter with storchastic installed: run its rows too")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+    parser.add_argument("--render", default=None,
+                        help="re-write the table and plot of a saved JSON, measuring nothing")
     args = parser.parse_args()
+    if args.render:
+        return render(args.render)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     batches = minibatches(args.dataset, args.batch, args.steps + args.warmup)
@@ -199,6 +203,19 @@ def main():
     plot(results, peer, args, stem + ".png")
 
 
+def render(path):
+    """The table and plot of a JSON this script wrote."""
+    with open(path) as f:
+        saved = json.load(f)
+    args = argparse.Namespace(**saved["args"])
+    table = format_table(saved["results"], saved["peer"], args, saved["header"])
+    print(table)
+    stem = path[: -len(".json")]
+    with open(stem + ".md", "w") as f:
+        f.write(table + "\n")
+    plot(saved["results"], saved["peer"], args, stem + ".png")
+
+
 def _peer_rows(peer):
     """storchastic's results as ``label -> row`` (its JSON: ``results``, a dict or list)."""
     if not peer:
@@ -235,8 +252,8 @@ def format_table(results, peer, args, header):
                      f"| {r['encoder_variance'] * t:.4g} | {r['decoder_variance'] * t:.4g} |")
     for label, r in _peer_rows(peer).items():
         t = _value(r, "ms_per_step", "ms_per_step_median")
-        e = _value(r, "encoder_variance")
-        d = _value(r, "decoder_variance")
+        e = _value(r, "encoder_variance", "encoder_grad_variance")
+        d = _value(r, "decoder_variance", "decoder_grad_variance")
         n = _value(r, "evaluations", "n", "n_samples")
         lines.append(f"| storchastic | {label} | {n} | {t:.1f} | {e:.4g} | {d:.4g} "
                      f"| {e * t:.4g} | {d * t:.4g} |")
@@ -274,7 +291,8 @@ def plot(results, peer, args, path):
         for label, r in _peer_rows(peer).items():
             n = _value(r, "evaluations", "n", "n_samples")
             t = _value(r, "ms_per_step", "ms_per_step_median")
-            ax.plot(n, _value(r, f"{part}_variance") * t / 1000, "*", markersize=12,
+            ax.plot(n, _value(r, f"{part}_variance", f"{part}_grad_variance") * t / 1000, "*",
+                    markersize=12,
                     label=f"storchastic {label}")
         ax.set_xscale("log")
         ax.set_yscale("log")

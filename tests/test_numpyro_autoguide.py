@@ -49,6 +49,7 @@ def test_discrete_latent_sites_lists_only_discrete_latents():
     assert discrete_latent_sites(mixed_model, DATA) == ["z", "b"]
 
 
+@pytest.mark.slow  # (10 s or more: the quick stage has no room)
 def test_unbiased_local_logits_in_auto_guide_list():
     guide = combined_guide(mixed_model)
     params = init_params(guide, DATA)

@@ -192,6 +192,7 @@ def test_a_config_enumerate_guide_is_trace_enum_elbo(name):
         assert jnp.allclose(ours[1][n], theirs[1][n], rtol=1e-5, atol=1e-6), n
 
 
+@pytest.mark.slow  # (10 s or more: the quick stage has no room)
 def test_model_side_enumeration_of_sites_absent_from_the_guide_is_trace_enum_elbo():
     # both discrete sites summed out in the model, nothing sampled: loss and gradient are
     # TraceEnum_ELBO's to float rounding
@@ -267,6 +268,7 @@ def test_loss_with_mutable_state_without_mutable_sites():
     assert float(out["loss"]) == float(loss)
 
 
+@pytest.mark.slow  # (10 s or more: the quick stage has no room)
 def test_guide_site_absent_from_the_model_warns():
     def guide(data):
         mixture_guide(data)

@@ -185,6 +185,7 @@ def test_bad_options_raise():
         ARSM_ELBO(pseudo_map="pmap")
 
 
+@pytest.mark.slow  # (10 s or more: the quick stage has no room)
 def test_score_function_fallback_for_poisson_is_unbiased_and_warned():
     x = jnp.array(1.0)
     params = {"locs": jnp.array([-1.0, 0.5, 2.0]), "phi": jnp.array([0.2, -0.3, 0.5]),

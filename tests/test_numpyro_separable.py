@@ -123,6 +123,7 @@ def test_local_on_a_non_separable_site_warns_once_and_uses_arsm():
     assert len(messages) == 1 and "site 'z'" in messages[0]
 
 
+@pytest.mark.slow  # (10 s or more: the quick stage has no room)
 def test_local_gradient_matches_under_jit_and_without():
     elbo = ARSM_ELBO(estimator="local")
 

@@ -253,6 +253,7 @@ def test_model_grads_all_leaves_the_guide_gradient_as_it_is():
     assert not torch.allclose(grads["real"][3], grads["all"][3])
 
 
+@pytest.mark.slow  # (10 s or more: the quick stage has no room)
 def test_model_grads_all_is_unbiased_with_a_reparameterized_guide_site():
     x = torch.tensor(0.6)
     init(reparameterized_model, reparameterized_guide, x)
