@@ -8,9 +8,9 @@ uniform prior, Bernoulli likelihood; 1 or 2 stochastic layers) on scikit-learn's
 minibatches. For each method:
 
 * encoder and decoder gradient variance: the trace of the covariance of ``--variance-draws``
-  gradient estimates at initialization on one fixed minibatch, for the guide's networks
-  (encoder; with 2 layers also the z2 | z1 network) and the model's (decoder; with 2 layers also
-  the z1 | z2 prior network) separately;
+  gradient estimates at initialization on one fixed minibatch, for the encoder q(z1 | x) and the
+  decoder p(x | z1) networks separately (with 2 layers, the q(z2 | z1) and p(z1 | z2) networks'
+  are in the JSON), as ``storch_peer.py`` reports them;
 * ms/step: the median of ``--steps`` SVI steps, all methods interleaved step by step so that
   they see the same machine load;
 * evaluations: model and guide evaluations per step (the real pass plus the pseudo passes).
@@ -76,10 +76,13 @@ def methods():
 
 
 def networks(vae):
-    """``(guide networks, model networks)`` of a PyroVAE."""
+    """The networks whose gradient variance is reported: the encoder q(z1 | x) and the decoder
+    p(x | z1) (the table's columns, as storch_peer.py reports them), and with 2 layers also
+    q(z2 | z1) and p(z1 | z2) (in the JSON)."""
+    nets = {"encoder": [vae.encoder], "decoder": [vae.decoder]}
     if vae.layers == 2:
-        return [vae.encoder, vae.guide_z2], [vae.decoder, vae.prior_z1]
-    return [vae.encoder], [vae.decoder]
+        nets.update(guide_z2=[vae.guide_z2], prior_z1=[vae.prior_z1])
+    return nets
 
 
 def flat_grad(modules):
@@ -88,18 +91,22 @@ def flat_grad(modules):
 
 
 def variances(elbo, vae, x, draws):
-    """Encoder and decoder gradient variance (trace of the covariance) over ``draws``."""
-    guide_nets, model_nets = networks(vae)
-    encoder, decoder = [], []
+    """``{network: (gradient variance (trace of the covariance), norm of the mean gradient)}``
+    over ``draws`` estimates."""
+    nets = networks(vae)
+    grads = {name: [] for name in nets}
     for _ in range(draws):
-        for m in guide_nets + model_nets:
-            m.zero_grad(set_to_none=True)
+        for modules in nets.values():
+            for m in modules:
+                m.zero_grad(set_to_none=True)
         elbo.loss_and_grads(vae.model, vae.guide, x)
-        encoder.append(flat_grad(guide_nets).clone())
-        decoder.append(flat_grad(model_nets).clone())
-    encoder, decoder = torch.stack(encoder), torch.stack(decoder)
-    return (encoder.var(0).sum().item(), decoder.var(0).sum().item(),
-            encoder.mean(0).norm().item(), decoder.mean(0).norm().item())
+        for name, modules in nets.items():
+            grads[name].append(flat_grad(modules).clone())
+    out = {}
+    for name, g in grads.items():
+        g = torch.stack(g)
+        out[name] = (g.var(0).sum().item(), g.mean(0).norm().item())
+    return out
 
 
 def run_peer(args):
@@ -158,15 +165,16 @@ def main():
         elbo = ARSM_ELBO(max_plate_nesting=1, estimator=estimator, num_rloo_samples=n,
                          analytic_kl=analytic_kl, model_grads=model_grads)
         elbo.loss(vae.model, vae.guide, batches[0])  # (creates the params)
-        encoder, decoder, encoder_mean, decoder_mean = variances(elbo, vae, batches[0],
-                                                                 args.variance_draws)
+        measured = variances(elbo, vae, batches[0], args.variance_draws)
         results[label] = {
             "estimator": estimator, "num_rloo_samples": n, "analytic_kl": analytic_kl,
-            "model_grads": model_grads, "encoder_variance": encoder,
-            "decoder_variance": decoder, "encoder_mean_norm": encoder_mean,
-            "decoder_mean_norm": decoder_mean,
+            "model_grads": model_grads,
             "evaluations": elbo.last_num_pseudo_evaluations + 1,
         }
+        for name, (variance, mean_norm) in measured.items():
+            results[label][f"{name}_variance"] = variance
+            results[label][f"{name}_mean_norm"] = mean_norm
+        encoder, decoder = measured["encoder"][0], measured["decoder"][0]
         svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": args.lr}), loss=elbo)
         steps[label] = svi.step
         print(f"{label:34s} evaluations {results[label]['evaluations']:4d} encoder "
