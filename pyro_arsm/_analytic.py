@@ -45,12 +45,13 @@ def _same(a, b):
 
 
 def analytic_sites(model_trace, guide_trace, raw_model_trace, names, downstream_of):
-    """The ARSM sites among ``names`` whose KL is taken in closed form: the model has the site
-    (latent), a closed form is registered for the pair, model and guide scale and mask it alike,
-    and the prior's parameters cannot depend on the site itself, i.e. no guide site downstream
-    of it (``downstream_of[name]``) is sampled before it in the model."""
+    """The ARSM sites among ``names`` whose KL is taken in closed form, each with its KL
+    (:func:`kl_term`): the model has the site (latent), a closed form is registered for the pair,
+    model and guide scale and mask it alike, and the prior's parameters cannot depend on the site
+    itself, i.e. no guide site downstream of it (``downstream_of[name]``) is sampled before it in
+    the model."""
     order = [n for n, s in raw_model_trace.nodes.items() if s["type"] == "sample"]
-    eligible = set()
+    eligible = {}
     for name in names:
         model_site = model_trace.nodes.get(name)
         if model_site is None or model_site["is_observed"] or name not in order:
@@ -63,18 +64,18 @@ def analytic_sites(model_trace, guide_trace, raw_model_trace, names, downstream_
             continue
         if tuple(model_site["fn"].event_shape) != tuple(guide_site["fn"].event_shape):
             continue
-        if kl_term(model_site, guide_site) is None:
-            continue
-        eligible.add(name)
-    return frozenset(eligible)
+        kl = kl_term(model_site, guide_site)
+        if kl is not None:
+            eligible[name] = kl
+    return eligible
 
 
-def substitute(model_trace, guide_trace, names):
-    """Replaces the model log-prob of each site in ``names`` by ``-KL + log q(z)`` (the latter
-    detached): with the guide's ``-log q(z)`` the ELBO then holds ``-KL`` with its pathwise
-    gradient to the guide's and the prior's parameters."""
-    for name in names:
-        model_site, guide_site = model_trace.nodes[name], guide_trace.nodes[name]
-        log_prob = -kl_term(model_site, guide_site) + guide_site["log_prob"].detach()
+def substitute(model_trace, guide_trace, kls):
+    """Replaces the model log-prob of each site of ``kls`` (name -> its KL) by
+    ``-KL + log q(z)`` (the latter detached): with the guide's ``-log q(z)`` the ELBO then holds
+    ``-KL`` with its pathwise gradient to the guide's and the prior's parameters."""
+    for name, kl in kls.items():
+        model_site = model_trace.nodes[name]
+        log_prob = -kl + guide_trace.nodes[name]["log_prob"].detach()
         model_site["log_prob"] = log_prob
         model_site["log_prob_sum"] = log_prob.sum()

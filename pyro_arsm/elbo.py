@@ -284,9 +284,10 @@ class ARSM_ELBO(ELBO):
             components = _enum.components_of(model_trace, guide_trace)
         analytic = frozenset()
         if self.analytic_kl and components is None and not guide_enumerated:
-            analytic = self._analytic_sites(model_trace, guide_trace, raw_guide_trace,
-                                            raw_model_trace, sampler.noise, deps)
-            _analytic.substitute(model_trace, guide_trace, analytic)
+            kls = self._analytic_sites(model_trace, guide_trace, raw_guide_trace,
+                                       raw_model_trace, sampler.noise, deps)
+            _analytic.substitute(model_trace, guide_trace, kls)
+            analytic = frozenset(kls)
         if components is not None or guide_enumerated:  # (batch shapes hold enumerated dims)
             nesting = self.max_plate_nesting
         else:
@@ -300,7 +301,7 @@ class ARSM_ELBO(ELBO):
 
     def _analytic_sites(self, model_trace, guide_trace, raw_guide_trace, raw_model_trace,
                         names, deps):
-        """The ARSM sites of a real pass whose KL is taken in closed form."""
+        """The ARSM sites of a real pass whose KL is taken in closed form, with their KLs."""
         if deps is not None:
             downstream = {name: deps[name][2] for name in names}
         else:

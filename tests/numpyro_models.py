@@ -1,6 +1,7 @@
 """NumPyro test models shared by more than one test module: the same families as
 ``pyro_models.py``, each with its initial parameter values (``PLATED``, ...) and data."""
 
+import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
@@ -122,3 +123,24 @@ def poisson_model(x):
 def poisson_guide(x):
     numpyro.sample("z", dist.Categorical(logits=numpyro.param("phi", jnp.array([0.2, -0.3, 0.5]))))
     numpyro.sample("n", dist.Poisson(numpyro.param("rate", jnp.array(1.5))))
+
+
+# a VAE in miniature: encoder and decoder parameters, a plate (element-separable)
+VAE_DATA = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+_k1, _k2 = jax.random.split(jax.random.PRNGKey(1))
+VAE = {"enc_w": 0.5 * jax.random.normal(_k1, (4, 3)), "enc_b": jnp.zeros(3),
+       "dec_w": 0.5 * jax.random.normal(_k2, (3, 4)), "dec_b": jnp.zeros(4)}
+
+
+def vae_model(x):
+    w, b = numpyro.param("dec_w", VAE["dec_w"]), numpyro.param("dec_b", VAE["dec_b"])
+    with numpyro.plate("data", x.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
+        logits = jax.nn.one_hot(z, 3) @ w + b
+        numpyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+
+def vae_guide(x):
+    w, b = numpyro.param("enc_w", VAE["enc_w"]), numpyro.param("enc_b", VAE["enc_b"])
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("z", dist.Categorical(logits=x @ w + b))

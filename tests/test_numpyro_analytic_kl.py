@@ -26,6 +26,7 @@ from numpyro_exact import (  # noqa: E402
     quick_compile,
     z_scores,
 )
+from numpyro_models import VAE, VAE_DATA, vae_guide, vae_model  # noqa: E402
 
 from numpyro_arsm import ARSM_ELBO, compare_estimators  # noqa: E402
 from numpyro_arsm._dependencies import _Dependencies  # noqa: E402
@@ -157,25 +158,6 @@ def two_layer_guide(x):
     numpyro.sample("z2", dist.Categorical(logits=numpyro.param("phi2", TWO["phi2"])[z1]))
 
 
-# model_grads: a decoder-like model parameter that depends on z (plate: element-separable)
-VAE_DATA = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-_k1, _k2 = jax.random.split(jax.random.PRNGKey(1))
-VAE = {"enc_w": 0.5 * jax.random.normal(_k1, (4, 3)), "enc_b": jnp.zeros(3),
-       "dec_w": 0.5 * jax.random.normal(_k2, (3, 4)), "dec_b": jnp.zeros(4)}
-
-
-def vae_model(x):
-    w, b = numpyro.param("dec_w", VAE["dec_w"]), numpyro.param("dec_b", VAE["dec_b"])
-    with numpyro.plate("data", x.shape[0]):
-        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
-        logits = jax.nn.one_hot(z, 3) @ w + b
-        numpyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
-
-
-def vae_guide(x):
-    w, b = numpyro.param("enc_w", VAE["enc_w"]), numpyro.param("enc_b", VAE["enc_b"])
-    with numpyro.plate("data", x.shape[0]):
-        numpyro.sample("z", dist.Categorical(logits=x @ w + b))
 
 
 # model_grads with a continuous guide site upstream (its value carries the guide's gradient)

@@ -27,6 +27,8 @@ from numpyro_models import (  # noqa: E402
     PLATED,
     PLATED_DATA,
     SINGLE,
+    VAE,
+    VAE_DATA,
     bernoulli_guide,
     bernoulli_model,
     chain_guide,
@@ -37,6 +39,8 @@ from numpyro_models import (  # noqa: E402
     single_model,
     to_event_guide,
     to_event_model,
+    vae_guide,
+    vae_model,
 )
 
 from numpyro_arsm import ARSM_ELBO  # noqa: E402
@@ -93,24 +97,6 @@ def downstream_guide(x):
     numpyro.sample("w", dist.Normal(numpyro.param("m", DOWN["m"])[z], 0.7))
 
 
-VAE_DATA = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-_k1, _k2 = jax.random.split(jax.random.PRNGKey(1))
-VAE = {"enc_w": 0.5 * jax.random.normal(_k1, (4, 3)), "enc_b": jnp.zeros(3),
-       "dec_w": 0.5 * jax.random.normal(_k2, (3, 4)), "dec_b": jnp.zeros(4)}
-
-
-def vae_model(x):
-    w, b = numpyro.param("dec_w", VAE["dec_w"]), numpyro.param("dec_b", VAE["dec_b"])
-    with numpyro.plate("data", x.shape[0]):
-        z = numpyro.sample("z", dist.Categorical(logits=jnp.zeros(3)))
-        logits = jax.nn.one_hot(z, 3) @ w + b
-        numpyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
-
-
-def vae_guide(x):
-    w, b = numpyro.param("enc_w", VAE["enc_w"]), numpyro.param("enc_b", VAE["enc_b"])
-    with numpyro.plate("data", x.shape[0]):
-        numpyro.sample("z", dist.Categorical(logits=x @ w + b))
 
 
 MASK = jnp.array([True, False, True, True])
